@@ -1,0 +1,57 @@
+"""nfresnet: Normalizer-Free ResNets in JAX/Haiku (Brock, De & Smith, ICLR 2021)."""
+
+from nfresnet.activations import (
+  ACTIVATIONS,
+  REFERENCE_GAMMAS,
+  gamma,
+  gaussian_moments,
+  get_activation,
+  register_activation,
+  scaled_activation,
+)
+from nfresnet.baselines import BNBlock, FixupBlock, FixupResNet, ResNetV2, SkipInitResNet
+from nfresnet.blocks import (
+  NFBasicBlock,
+  NFBlock,
+  NFBottleneckBlock,
+  ResidualBlock,
+  SqueezeExcite,
+  stochastic_depth,
+)
+from nfresnet.counting import count_flops, count_params
+from nfresnet.layout import BlockSpec, block_specs, expected_variances, resnet_specs
+from nfresnet.nf_resnet import NFResNet
+from nfresnet.ws_conv import Conv2D, WSConv2D, standardize_kernel
+
+__version__ = "0.1.0"
+
+__all__ = [
+  "ACTIVATIONS",
+  "REFERENCE_GAMMAS",
+  "BNBlock",
+  "BlockSpec",
+  "FixupBlock",
+  "FixupResNet",
+  "ResNetV2",
+  "SkipInitResNet",
+  "Conv2D",
+  "NFBasicBlock",
+  "NFBlock",
+  "NFBottleneckBlock",
+  "NFResNet",
+  "ResidualBlock",
+  "SqueezeExcite",
+  "WSConv2D",
+  "block_specs",
+  "count_flops",
+  "count_params",
+  "expected_variances",
+  "gamma",
+  "gaussian_moments",
+  "get_activation",
+  "register_activation",
+  "resnet_specs",
+  "scaled_activation",
+  "standardize_kernel",
+  "stochastic_depth",
+]

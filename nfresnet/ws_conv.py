@@ -1,0 +1,153 @@
+"""Scaled Weight Standardization convolution (SPEC section 2).
+
+For output channel ``i`` with fan-in ``N = kh * kw * Cin / groups``:
+``W_hat_i = gain_i * (W_i - mean(W_i)) / sqrt(max(N * var(W_i), eps))``.
+Each standardized row sums to zero, so an input offset shared by all positions
+is cancelled exactly, and ``sum_j W_hat_ij^2 = gain_i^2``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+WS_EPSILON = 1e-4  # Floor on N * var(W), as in the reference.
+
+
+def standardize_kernel(kernel: jax.Array, gain: jax.Array, eps: float = WS_EPSILON) -> jax.Array:
+  """Scaled-WS kernel in float32.
+
+  Args:
+    kernel: HWIO kernel; grouped kernels have ``I = Cin / groups``.
+    gain: per-output-channel gain, shape ``(O,)``.
+    eps: floor on ``fan_in * var``.
+
+  Returns:
+    The standardized float32 kernel, same shape as ``kernel``.
+  """
+  kernel = kernel.astype(jnp.float32)
+  fan_in = np.prod(kernel.shape[:-1])
+  mean = jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
+  var = jnp.var(kernel, axis=(0, 1, 2), keepdims=True)
+  scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * gain.astype(jnp.float32)
+  return (kernel - mean) * scale
+
+
+def conv2d(
+  x: jax.Array,
+  kernel: jax.Array,
+  stride: int,
+  padding: str,
+  feature_group_count: int,
+) -> jax.Array:
+  """NHWC x HWIO convolution in the dtype of ``x``."""
+  return jax.lax.conv_general_dilated(
+    x,
+    kernel.astype(x.dtype),
+    window_strides=(stride, stride),
+    padding=padding,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=feature_group_count,
+  )
+
+
+HE_NORMAL = hk.initializers.VarianceScaling(2.0, "fan_in", "normal")
+FAN_IN_NORMAL = hk.initializers.VarianceScaling(1.0, "fan_in", "normal")
+
+
+class Conv2D(hk.Module):
+  """NHWC convolution whose parameters are float32 whatever the input dtype.
+
+  The kernel is cast to the input dtype for the convolution, so bf16 inputs run
+  a bf16 conv on float32 master weights. Default init is He-normal, the plain
+  convs of the paper's "He init" networks and BN baselines.
+  """
+
+  def __init__(
+    self,
+    output_channels: int,
+    kernel_shape: int | Sequence[int],
+    stride: int = 1,
+    padding: str = "SAME",
+    feature_group_count: int = 1,
+    with_bias: bool = True,
+    w_init: hk.initializers.Initializer | None = None,
+    name: str | None = None,
+  ):
+    super().__init__(name=name)
+    if isinstance(kernel_shape, int):
+      kernel_shape = (kernel_shape, kernel_shape)
+    self.output_channels = output_channels
+    self.kernel_shape = tuple(kernel_shape)
+    self.stride = stride
+    self.padding = padding
+    self.feature_group_count = feature_group_count
+    self.with_bias = with_bias
+    self.w_init = w_init or HE_NORMAL
+
+  def raw_kernel(self, input_channels: int) -> jax.Array:
+    """Creates (or fetches) the float32 HWIO kernel parameter ``w``."""
+    if input_channels % self.feature_group_count:
+      raise ValueError(
+        f"input channels {input_channels} not divisible by "
+        f"feature_group_count {self.feature_group_count}"
+      )
+    shape = self.kernel_shape + (
+      input_channels // self.feature_group_count,
+      self.output_channels,
+    )
+    return hk.get_parameter("w", shape, jnp.float32, init=self.w_init)
+
+  def kernel(self, input_channels: int) -> jax.Array:
+    """The float32 kernel the convolution uses."""
+    return self.raw_kernel(input_channels)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    out = conv2d(x, self.kernel(x.shape[-1]), self.stride, self.padding, self.feature_group_count)
+    if self.with_bias:
+      bias = hk.get_parameter("bias", (self.output_channels,), jnp.float32, init=jnp.zeros)
+      out = out + bias.astype(out.dtype)
+    return out
+
+
+class WSConv2D(Conv2D):
+  """2D convolution with Scaled Weight Standardization (SPEC section 2).
+
+  Parameters are float32: raw kernel ``w`` (fan-in normal init), ``gain`` (init
+  1) and ``bias`` (init 0), one gain and bias per output channel. The kernel is
+  standardized in float32 and cast to the input dtype for the conv.
+  """
+
+  def __init__(
+    self,
+    output_channels: int,
+    kernel_shape: int | Sequence[int],
+    stride: int = 1,
+    padding: str = "SAME",
+    feature_group_count: int = 1,
+    with_bias: bool = True,
+    eps: float = WS_EPSILON,
+    w_init: hk.initializers.Initializer | None = None,
+    name: str | None = None,
+  ):
+    super().__init__(
+      output_channels,
+      kernel_shape,
+      stride=stride,
+      padding=padding,
+      feature_group_count=feature_group_count,
+      with_bias=with_bias,
+      w_init=w_init or FAN_IN_NORMAL,
+      name=name,
+    )
+    self.eps = eps
+
+  def kernel(self, input_channels: int) -> jax.Array:
+    """The standardized kernel ``W_hat`` (float32)."""
+    w = self.raw_kernel(input_channels)
+    gain = hk.get_parameter("gain", (self.output_channels,), jnp.float32, init=jnp.ones)
+    return standardize_kernel(w, gain, self.eps)
