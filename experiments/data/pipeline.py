@@ -1,0 +1,283 @@
+"""Training and evaluation batches: grain index pipelines, augmentation, sharding.
+
+Training: ``ShuffledBatchIndices`` (a ``grain.MapDataset``) gives the source indices of
+global batch ``k`` as a pure function of ``(seed, k)``: an endless stream of epochs, each a
+numpy permutation seeded by ``(seed, epoch)``, cut into global batches of ``G``. A grain
+``map_with_index`` turns indices into the batch of step ``k``. Process ``p`` of ``P`` takes
+positions ``[p * G / P, (p + 1) * G / P)`` of every global batch, so the processes together see the
+whole global batch, without overlap. Augmentation draws are keyed by ``(seed, k,
+position in the global batch)`` (see ``augment.example_keys``), so a global batch is the
+same whatever the process count (MixUp/CutMix excepted: they mix within the local batch).
+Resuming at ``start_step=k`` therefore yields exactly batch ``k`` of an uninterrupted run.
+
+Evaluation: one pass in canonical order over ``ceil(N / G)`` global batches; the tail of
+the last one is zero padding with ``mask`` 0.
+
+Batches are built by grain in ``config.worker_threads`` background threads,
+``config.prefetch_batches`` ahead (``worker_threads = 0``: built on demand in the caller).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+import grain
+import ml_collections
+import numpy as np
+
+from experiments.data import augment
+from experiments.data.sources import Source, check_config
+
+
+def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"bad process_index={process_index} for process_count={process_count}")
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(
+      f"global_batch_size={global_batch_size} must be a positive multiple of "
+      f"process_count={process_count}"
+    )
+  return global_batch_size // process_count
+
+
+class ShuffledBatchIndices(grain.MapDataset):
+  """Element ``k``: the source indices of global batch ``k`` of an endless shuffled stream.
+
+  The stream concatenates epochs; epoch ``e`` is the permutation
+  ``np.random.default_rng([seed, e]).permutation(num_records)``. Element ``k`` holds stream
+  positions ``[k * G, (k + 1) * G)``, so an epoch boundary may fall inside a batch.
+  Permutations are computed vectorized (a few ms per million records) and the latest
+  two are cached; grain's own per-element ``shuffle`` costs tens of microseconds per record
+  in Python, too much for the host budget of small-image training.
+  """
+
+  def __init__(self, num_records: int, batch_size: int, seed: int):
+    super().__init__()
+    if num_records < 1:
+      raise ValueError("cannot shuffle an empty source")
+    self._num_records, self._batch_size, self._seed = num_records, batch_size, seed
+    self._cache: dict[int, np.ndarray] = {}
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return sys.maxsize // self._batch_size
+
+  def __str__(self) -> str:
+    return f"ShuffledBatchIndices(n={self._num_records}, batch={self._batch_size})"
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    with self._lock:
+      perm = self._cache.get(epoch)
+      if perm is None:
+        perm = np.random.default_rng([self._seed % 2**64, epoch]).permutation(self._num_records)
+        self._cache = {e: p for e, p in self._cache.items() if e == epoch - 1}
+        self._cache[epoch] = perm
+      return perm
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    n = self._num_records
+    positions = index * self._batch_size + np.arange(self._batch_size)
+    epochs = positions // n
+    out = np.empty(self._batch_size, np.int64)
+    for epoch in np.unique(epochs):
+      sel = epochs == epoch
+      out[sel] = self._permutation(int(epoch))[positions[sel] % n]
+    return out
+
+
+def _fetch(source: Source, indices: np.ndarray) -> tuple[np.ndarray | list, np.ndarray]:
+  """Images (an array, or a list when sizes differ) and int64 labels of ``indices``."""
+  if hasattr(source, "get_batch"):
+    return source.get_batch(indices)
+  items = [source[int(i)] for i in indices]
+  labels = np.array([item["label"] for item in items], np.int64)
+  images = [np.asarray(item["image"]) for item in items]
+  if len({im.shape for im in images}) == 1:
+    return np.stack(images), labels
+  return images, labels
+
+
+def _boxes(
+  images: np.ndarray | list, make: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> np.ndarray:
+  heights = np.array([im.shape[0] for im in images], np.float64)
+  widths = np.array([im.shape[1] for im in images], np.float64)
+  return make(heights, widths)
+
+
+def _crop_resize_each(images: np.ndarray | list, boxes: np.ndarray, size: int) -> np.ndarray:
+  if isinstance(images, np.ndarray):
+    return augment.crop_resize(images, boxes, size)
+  return np.concatenate(
+    [augment.crop_resize(im[None], box[None], size) for im, box in zip(images, boxes, strict=True)]
+  )
+
+
+def _resize_each(images: np.ndarray | list, size: int) -> np.ndarray:
+  if isinstance(images, np.ndarray):
+    return augment.resize_batch(images, size)
+  return np.concatenate([augment.resize_batch(im[None], size) for im in images])
+
+
+def output_size(config: ml_collections.ConfigDict, source: Source) -> int:
+  """``config.image_size``, or the stored size of a square fixed-size source when 0/None."""
+  if config.image_size:
+    return int(config.image_size)
+  height, width = source.image_shape[:2]
+  if height is None or height != width:
+    raise ValueError(
+      f"data.image_size must be set for {source.name!r} (stored shape {source.image_shape})"
+    )
+  return int(height)
+
+
+def process_images(
+  images: np.ndarray | list,
+  config: ml_collections.ConfigDict,
+  source: Source,
+  keys: np.ndarray | None,
+) -> np.ndarray:
+  """Resizes, augments (when ``keys`` is given) and normalizes a batch.
+
+  Args:
+    images: uint8 ``[B, H, W, C]`` or a list of ``[H_i, W_i, C]``.
+    config: the data config.
+    source: gives the normalization constants.
+    keys: per-example keys for training augmentation; None for evaluation.
+
+  Returns:
+    float32 ``[B, S, S, C]`` normalized per channel.
+  """
+  size = output_size(config, source)
+  if config.augment == "inception" and keys is not None:
+    u = augment.uniforms(keys, augment.NUM_INCEPTION_DRAWS)
+    boxes = _boxes(images, lambda h, w: augment.inception_boxes(u, h, w))
+    x = augment.flip_where(_crop_resize_each(images, boxes, size), u[:, -1] < 0.5)
+  elif config.augment == "inception":
+    frac = config.get("eval_crop_fraction", 0.875)
+    boxes = _boxes(images, lambda h, w: augment.centre_boxes(h, w, frac))
+    x = _crop_resize_each(images, boxes, size)
+  else:
+    x = _resize_each(images, size)
+    if config.augment == "cifar" and keys is not None:
+      x = augment.pad_crop_flip(x, augment.uniforms(keys, 3), config.get("crop_padding", 4))
+  return augment.normalize(x, source.mean, source.std)
+
+
+def _train_batch(
+  source: Source,
+  config: ml_collections.ConfigDict,
+  seed: int,
+  process_index: int,
+  local: int,
+  step: int,
+  global_indices: np.ndarray,
+) -> dict:
+  start = process_index * local
+  indices = np.asarray(global_indices[start : start + local])
+  images, labels = _fetch(source, indices)
+  keys = augment.example_keys(seed, step, np.arange(start, start + local))
+  x = process_images(images, config, source, keys)
+  if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
+    rng = np.random.default_rng([seed, step, process_index, 0x6D6978])
+    x, soft = augment.mix_batch(
+      x, labels, source.num_classes, rng, config.mixup_alpha, config.cutmix_alpha
+    )
+    return {"image": x, "label": soft}
+  return {"image": x, "label": labels.astype(np.int32)}
+
+
+def _iterate(ds: grain.MapDataset, start: int, config: ml_collections.ConfigDict) -> Iterator:
+  """Elements ``start, start + 1, ...`` of ``ds``, built in grain worker threads."""
+  threads = int(config.get("worker_threads", 1))
+  if threads <= 0:
+    return (ds[k] for k in range(start, len(ds)))
+  options = grain.ReadOptions(
+    num_threads=threads, prefetch_buffer_size=max(int(config.get("prefetch_batches", 2)), 1)
+  )
+  return iter(ds.slice(slice(start, None)).to_iter_dataset(options))
+
+
+def train_batches(
+  source: Source,
+  config: ml_collections.ConfigDict,
+  *,
+  global_batch_size: int,
+  seed: int,
+  start_step: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> Iterator[dict]:
+  """Infinite iterator over this process's shard of each global training batch.
+
+  Args:
+    source: the training split.
+    config: the ``config.data`` section.
+    global_batch_size: examples per step over all processes.
+    seed: data seed (shuffle order and augmentation).
+    start_step: first step to yield (resume).
+    process_index: this process's index.
+    process_count: number of processes.
+
+  Yields:
+    ``{"image": float32[B, S, S, C], "label": int32[B]}`` with ``B = G / P``; with
+    MixUp/CutMix, ``label`` is ``float32[B, num_classes]`` soft targets summing to 1.
+  """
+  check_config(config)
+  local = _local_batch_size(global_batch_size, process_index, process_count)
+  indices = ShuffledBatchIndices(len(source), global_batch_size, seed)
+
+  def make(step: int, global_indices: np.ndarray) -> dict:
+    return _train_batch(source, config, seed, process_index, local, step, global_indices)
+
+  return _iterate(indices.map_with_index(make), start_step, config)
+
+
+def _eval_batch(source: Source, config: ml_collections.ConfigDict, positions: np.ndarray) -> dict:
+  valid = positions[positions < len(source)]
+  local = len(positions)
+  size, channels = output_size(config, source), source.image_shape[-1]
+  image = np.zeros((local, size, size, channels), np.float32)
+  label = np.zeros((local,), np.int32)
+  mask = np.zeros((local,), np.float32)
+  if len(valid):
+    images, labels = _fetch(source, valid)
+    image[: len(valid)] = process_images(images, config, source, None)
+    label[: len(valid)] = labels
+    mask[: len(valid)] = 1.0
+  return {"image": image, "label": label, "mask": mask}
+
+
+def eval_batches(
+  source: Source,
+  config: ml_collections.ConfigDict,
+  *,
+  global_batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> Iterator[dict]:
+  """One pass over ``source`` in canonical order; every example seen once over processes.
+
+  All processes yield the same number of batches, ``ceil(N / G)``. Global batch ``j``
+  holds examples ``[j * G, (j + 1) * G)``, process ``p`` the ``p``-th slice of it; positions
+  past the end are zero images with label 0 and mask 0.
+
+  Yields:
+    ``{"image": float32[B, S, S, C], "label": int32[B], "mask": float32[B]}``.
+  """
+  check_config(config)
+  local = _local_batch_size(global_batch_size, process_index, process_count)
+  num_batches = math.ceil(len(source) / global_batch_size)
+  offset = process_index * local
+
+  def make(batch: int) -> dict:
+    positions = batch * global_batch_size + offset + np.arange(local)
+    return _eval_batch(source, config, positions)
+
+  ds = grain.MapDataset.range(num_batches).map(make)
+  return _iterate(ds, 0, config)
