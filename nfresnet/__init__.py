@@ -20,6 +20,7 @@ from nfresnet.blocks import (
 )
 from nfresnet.counting import count_flops, count_params
 from nfresnet.layout import BlockSpec, block_specs, expected_variances, resnet_specs
+from nfresnet.nf_regnet import NF_REGNET_VARIANTS, NFRegNet, NFRegNetBlock
 from nfresnet.nf_resnet import NFResNet
 from nfresnet.ws_conv import Conv2D, WSConv2D, standardize_kernel
 
@@ -38,6 +39,9 @@ __all__ = [
   "NFBasicBlock",
   "NFBlock",
   "NFBottleneckBlock",
+  "NFRegNet",
+  "NFRegNetBlock",
+  "NF_REGNET_VARIANTS",
   "NFResNet",
   "ResidualBlock",
   "SqueezeExcite",
