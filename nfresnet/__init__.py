@@ -22,6 +22,12 @@ from nfresnet.counting import count_flops, count_params
 from nfresnet.layout import BlockSpec, block_specs, expected_variances, resnet_specs
 from nfresnet.nf_regnet import NF_REGNET_VARIANTS, NFRegNet, NFRegNetBlock
 from nfresnet.nf_resnet import NFResNet
+from nfresnet.signal_propagation import (
+  channel_statistics,
+  draw_params,
+  expected_signal_variance,
+  signal_propagation,
+)
 from nfresnet.ws_conv import Conv2D, WSConv2D, standardize_kernel
 
 __version__ = "0.1.0"
@@ -47,8 +53,11 @@ __all__ = [
   "SqueezeExcite",
   "WSConv2D",
   "block_specs",
+  "channel_statistics",
   "count_flops",
   "count_params",
+  "draw_params",
+  "expected_signal_variance",
   "expected_variances",
   "gamma",
   "gaussian_moments",
@@ -56,6 +65,7 @@ __all__ = [
   "register_activation",
   "resnet_specs",
   "scaled_activation",
+  "signal_propagation",
   "standardize_kernel",
   "stochastic_depth",
 ]
