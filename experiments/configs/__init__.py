@@ -1,0 +1,66 @@
+"""Experiment configs (``get_config(arg)`` per file) and the shared base config.
+
+Every config file starts from ``base_config()``, so all experiments have the
+same fields; values derived from several fields (total steps, warm-up steps,
+batch-scaled learning rate) are computed at run time by the builders in
+``experiments.optim`` and never stored here.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+class ConfigError(ValueError):
+  """An invalid experiment configuration (bad name, value or combination)."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All experiment fields with defaults (the paper's ImageNet ResNet recipe, SPEC 6).
+
+  Returns:
+    An unlocked ConfigDict with sections ``model`` (constructor kwargs of
+    ``model_name``), ``data`` (``experiments.data.default_data_config()``),
+    ``train`` and ``optimizer``.
+  """
+  from experiments import data  # Deferred: configs stay importable without the data deps.
+
+  config = ml_collections.ConfigDict()
+  config.model_name = "nf_resnet"
+  config.model = ml_collections.ConfigDict({"depth": 50})
+  config.data = data.default_data_config()
+
+  train = config.train = ml_collections.ConfigDict()
+  train.batch_size = 1024  # Global batch over all devices and processes.
+  train.num_steps = config_dict.placeholder(int)  # Wins over num_epochs when set.
+  train.num_epochs = 90.0
+  train.eval_batch_size = 1024
+  train.eval_every = 0  # Steps; 0 evaluates only at the end.
+  train.checkpoint_every = 1000  # Steps; a checkpoint is also written at the end.
+  train.keep_checkpoints = 3
+  train.log_every = 100
+  train.seed = 0
+  train.compute_dtype = "float32"  # "bfloat16": bf16 activations, float32 parameters.
+  train.label_smoothing = 0.1
+  train.ema_decay = 0.0  # 0 disables the parameter EMA.
+  train.cross_replica_bn = False  # False: per-device BN statistics (the paper's baseline).
+  train.distributed = False  # Call jax.distributed.initialize() (also when env vars ask).
+  train.progress_bar = True
+
+  opt = config.optimizer = ml_collections.ConfigDict()
+  opt.name = "sgd"  # "sgd" or "adamw".
+  opt.base_lr = 0.1
+  opt.scale_by_batch = True  # lr = base_lr * batch_size / 256.
+  opt.momentum = 0.9
+  opt.nesterov = True
+  opt.b1 = 0.9
+  opt.b2 = 0.999
+  opt.eps = 1e-8
+  opt.weight_decay = 5e-5
+  opt.warmup_epochs = 5.0
+  opt.warmup_steps = config_dict.placeholder(int)  # Wins over warmup_epochs when set.
+  opt.end_lr = 0.0
+  opt.agc_clip = 0.0  # Adaptive gradient clipping threshold; 0 disables it.
+  opt.agc_eps = 1e-3
+  return config

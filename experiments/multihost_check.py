@@ -1,0 +1,90 @@
+r"""Multi-process check on one machine: N local CPU processes train like 1 process.
+
+Run one copy per process (``tests/test_multihost.py`` does this)::
+
+  python -m experiments.multihost_check --num_processes=2 --process_id=0 \
+    --port=12345 --local_devices=1 --workdir=/tmp/mh --out=/tmp/mh/p0.json &
+  python -m experiments.multihost_check --num_processes=2 --process_id=1 \
+    --port=12345 --local_devices=1 --workdir=/tmp/mh --out=/tmp/mh/p1.json
+
+With ``--num_processes=1`` it runs the single-process reference (no
+``jax.distributed``). Each process reads only its shard of every batch; the
+loss, evaluation counts and accuracy must match the single-process run. This
+script (not the library) selects gloo CPU collectives, which multi-process CPU
+runs need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def tiny_config(num_steps: int):
+  """A tiny NF-ResNet on synthetic data (eval split of 40 with a ragged last batch)."""
+  import ml_collections
+
+  from experiments.configs import base_config
+
+  config = base_config()
+  config.model = ml_collections.ConfigDict({"depth": 18, "width": 0.125, "stem": "cifar"})
+  config.data.name = "synthetic"
+  config.data.image_size = 8
+  config.data.synthetic.update(num_train=64, num_test=40, image_size=8, channels=1)
+  config.train.update(
+    batch_size=16,
+    eval_batch_size=16,
+    num_steps=num_steps,
+    checkpoint_every=2,
+    log_every=1,
+    progress_bar=False,
+  )
+  config.optimizer.update(base_lr=0.4, warmup_steps=1)
+  return config
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--num_processes", type=int, default=1)
+  parser.add_argument("--process_id", type=int, default=0)
+  parser.add_argument("--port", type=int, default=0)
+  parser.add_argument("--local_devices", type=int, default=1)
+  parser.add_argument("--num_steps", type=int, default=4)
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--out", required=True)
+  args = parser.parse_args()
+
+  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.local_devices}"
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  import jax
+
+  if args.num_processes > 1:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+      coordinator_address=f"127.0.0.1:{args.port}",
+      num_processes=args.num_processes,
+      process_id=args.process_id,
+    )
+  from experiments import steps
+  from experiments.train import train_and_evaluate
+
+  state, metrics = train_and_evaluate(tiny_config(args.num_steps), args.workdir)
+  losses = None
+  if jax.process_index() == 0:  # Only process 0 writes the metrics file.
+    with open(os.path.join(args.workdir, "metrics.jsonl")) as f:
+      losses = [json.loads(line)["loss"] for line in f if '"train"' in line]
+  result = {
+    "process_index": jax.process_index(),
+    "process_count": jax.process_count(),
+    "device_count": jax.device_count(),
+    "step": int(steps.fetch(state.step)),
+    "losses": losses,
+    **metrics,
+  }
+  with open(args.out, "w") as f:
+    json.dump(result, f)
+
+
+if __name__ == "__main__":
+  main()

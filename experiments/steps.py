@@ -1,0 +1,194 @@
+"""Train and eval steps: per-device bodies under ``jax.shard_map`` on a 1-D ``data`` mesh.
+
+pmap semantics in current JAX: the state is replicated (``P()``), the batch is
+split over the ``data`` axis (``P("data")``), each device runs the same program
+on its shard and gradients, metrics and BatchNorm statistics are averaged with
+explicit ``pmean``. ``check_vma=False`` keeps per-device gradients per device
+(with it on, JAX would already sum gradients of replicated parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from experiments import optim
+from experiments.train_state import TrainState, step_key
+
+AXIS = "data"
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def make_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A 1-D mesh named ``data`` over ``devices`` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else devices
+  return jax.make_mesh((len(devices),), (AXIS,), devices=devices)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(AXIS))
+
+
+def replicated_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
+  """Per-example softmax cross-entropy in float32 with label smoothing.
+
+  Args:
+    logits: ``[B, K]`` in any dtype (computed in float32).
+    labels: int ``[B]`` class indices or float ``[B, K]`` soft targets (MixUp).
+    label_smoothing: eps; targets become ``(1 - eps) * y + eps / K``.
+
+  Returns:
+    ``[B]`` float32 losses.
+  """
+  logits = logits.astype(jnp.float32)
+  num_classes = logits.shape[-1]
+  if labels.ndim == logits.ndim:
+    targets = labels.astype(jnp.float32)
+  else:
+    targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  targets = (1.0 - label_smoothing) * targets + label_smoothing / num_classes
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def hard_labels(labels: jax.Array) -> jax.Array:
+  """Class indices from int labels or soft targets (argmax)."""
+  return labels if labels.ndim == 1 else jnp.argmax(labels, axis=-1)
+
+
+def ema_update(ema: hk.Params | None, params: hk.Params, decay: float) -> hk.Params | None:
+  """``ema <- decay * ema + (1 - decay) * params`` (None stays None)."""
+  if ema is None:
+    return None
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def mean_over_devices(x: jax.Array) -> jax.Array:
+  """``pmean`` over ``data`` for float leaves; integer leaves (counters) are identical."""
+  return jax.lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+
+def train_step_body(
+  model: hk.TransformedWithState,
+  optimizer: optax.GradientTransformation,
+  lr_fn: optax.Schedule,
+  *,
+  label_smoothing: float,
+  compute_dtype: jnp.dtype,
+  ema_decay: float,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """The per-device training program (runs inside ``shard_map`` over ``data``).
+
+  Returns:
+    ``body(state, batch) -> (state, metrics)``; gradients, metrics and model
+    state (BN statistics) are ``pmean``-ed over the ``data`` axis.
+  """
+
+  def body(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    key = jax.random.fold_in(step_key(state), jax.lax.axis_index(AXIS))
+    images = batch["image"].astype(compute_dtype)
+
+    def loss_fn(params):
+      logits, model_state = model.apply(params, state.model_state, key, images, is_training=True)
+      loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
+      return loss, (logits, model_state)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (logits, model_state)), grads = grad_fn(state.params)
+    grads = jax.lax.pmean(grads, AXIS)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    correct = jnp.argmax(logits, axis=-1) == hard_labels(batch["label"])
+    metrics = jax.lax.pmean({"loss": loss, "accuracy": jnp.mean(correct.astype(jnp.float32))}, AXIS)
+    metrics.update(
+      learning_rate=jnp.asarray(lr_fn(state.step), jnp.float32),
+      grad_norm=optim.global_norm(grads),
+      update_norm=optim.global_norm(updates),
+      param_norm=optim.global_norm(params),
+    )
+    new_state = TrainState(
+      step=state.step + 1,
+      params=params,
+      model_state=jax.tree.map(mean_over_devices, model_state),
+      opt_state=opt_state,
+      ema_params=ema_update(state.ema_params, params, ema_decay),
+      rng=state.rng,
+    )
+    return new_state, metrics
+
+  return body
+
+
+def eval_step_body(
+  model: hk.TransformedWithState, compute_dtype: jnp.dtype
+) -> Callable[[TrainState, Batch], Metrics]:
+  """Per-device evaluation: masked sums over the whole mesh (``psum``).
+
+  Returns global sums (``count``, ``correct``, ``loss``; and ``ema_correct``,
+  ``ema_loss`` when the state has EMA parameters), so dividing by ``count``
+  counts every real example once whatever the process or device count.
+  """
+
+  def sums(params, state, batch):
+    logits, _ = model.apply(
+      params, state.model_state, None, batch["image"].astype(compute_dtype), is_training=False
+    )
+    mask = batch["mask"].astype(jnp.float32)
+    correct = (jnp.argmax(logits, axis=-1) == batch["label"]).astype(jnp.float32)
+    loss = cross_entropy(logits, batch["label"], 0.0)
+    return jnp.sum(correct * mask), jnp.sum(loss * mask)
+
+  def body(state: TrainState, batch: Batch) -> Metrics:
+    out = {"count": jnp.sum(batch["mask"].astype(jnp.float32))}
+    out["correct"], out["loss"] = sums(state.params, state, batch)
+    if state.ema_params is not None:
+      out["ema_correct"], out["ema_loss"] = sums(state.ema_params, state, batch)
+    return jax.lax.psum(out, AXIS)
+
+  return body
+
+
+def shard(body: Callable[..., Any], mesh: jax.sharding.Mesh, out_state: bool) -> Callable:
+  """Wraps a per-device body ``(state, batch)`` in ``shard_map`` over ``data``."""
+  out_specs = (P(), P()) if out_state else P()
+  return jax.shard_map(
+    body, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=out_specs, check_vma=False
+  )
+
+
+def make_train_step(
+  body: Callable[[TrainState, Batch], tuple[TrainState, Metrics]], mesh: jax.sharding.Mesh
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """``train_step(state, batch) -> (state, metrics)``, jitted once, state donated."""
+  return jax.jit(shard(body, mesh, out_state=True), donate_argnums=0)
+
+
+def make_eval_step(
+  body: Callable[[TrainState, Batch], Metrics], mesh: jax.sharding.Mesh
+) -> Callable[[TrainState, Batch], Metrics]:
+  """``eval_step(state, batch) -> global sums``, jitted once."""
+  return jax.jit(shard(body, mesh, out_state=False))
+
+
+def global_batch(batch: dict[str, Any], mesh: jax.sharding.Mesh) -> Batch:
+  """Global arrays sharded over ``data`` from this process's local shard of the batch."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def fetch(tree: Any) -> Any:
+  """Replicated device arrays -> host numpy (reads this process's first shard)."""
+  return jax.tree.map(
+    lambda x: jax.device_get(x.addressable_shards[0].data) if isinstance(x, jax.Array) else x, tree
+  )

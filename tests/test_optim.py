@@ -1,0 +1,169 @@
+"""Optimizer pieces: masks, derived schedule values, Nesterov flag, AGC exclusion, loss."""
+
+import math
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from experiments import models, optim, steps
+from experiments.configs import ConfigError, base_config
+
+
+def init_params(model_name: str) -> hk.Params:
+  config = base_config()
+  config.model_name = model_name
+  config.model = ml_collections.ConfigDict({"depth": 18, "width": 0.125, "stem": "cifar"})
+  model = models.build_model(config, 10)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), True))[0]
+
+
+def flat_mask(params, predicate) -> dict[str, bool]:
+  mask = optim.param_mask(params, predicate)
+  return {f"{m}/{n}": bool(v) for m, n, v in hk.data_structures.traverse(mask)}
+
+
+@pytest.mark.parametrize("model_name", ["nf_resnet", "resnet_v2", "skipinit", "fixup"])
+def test_weight_decay_mask_is_exactly_the_weights(model_name):
+  mask = flat_mask(init_params(model_name), optim.is_decayed)
+  decayed = {k for k, v in mask.items() if v}
+  assert decayed == {k for k in mask if k.endswith("/w")}
+  # 17 convs in a ResNet-18 body (+3 shortcuts) and the classifier.
+  assert len(decayed) == 17 + 3 + 1
+  excluded_names = {k.rsplit("/", 1)[1] for k, v in mask.items() if not v}
+  expected = {
+    "nf_resnet": {"gain", "bias", "skip_gain", "b"},
+    "resnet_v2": {"scale", "offset", "b"},
+    "skipinit": {"bias", "skip_gain", "b"},
+    "fixup": {"bias0a", "bias0b", "bias1a", "bias_out", "scale", "stem_bias", "head_bias", "b"},
+  }[model_name]
+  assert excluded_names == expected
+
+
+def test_agc_mask_excludes_only_the_classifier():
+  mask = flat_mask(init_params("nf_resnet"), optim.is_clipped)
+  excluded = sorted(k for k, v in mask.items() if not v)
+  assert excluded == ["nf_resnet/classifier/b", "nf_resnet/classifier/w"]
+  assert sum(mask.values()) == len(mask) - 2
+
+
+def schedule_config(**opt) -> ml_collections.ConfigDict:
+  config = base_config()
+  config.train.batch_size = 100
+  config.train.num_epochs = 2.0
+  config.optimizer.base_lr = 0.1
+  config.optimizer.warmup_epochs = 0.5
+  config.optimizer.update(opt)
+  return config
+
+
+def test_derived_values_are_computed_from_the_config_at_run_time():
+  config = schedule_config()
+  assert optim.make_schedule(config, 1000) == optim.Schedule(20, 5, 0.1 * 100 / 256, 0.0)
+  config.train.batch_size = 50  # A command-line override: every derived value follows.
+  assert optim.make_schedule(config, 1000) == optim.Schedule(40, 10, 0.1 * 50 / 256, 0.0)
+  config.train.num_steps = 7
+  config.optimizer.scale_by_batch = False
+  assert optim.make_schedule(config, 1000) == optim.Schedule(7, 7, 0.1, 0.0)
+
+
+def test_warmup_then_cosine_values():
+  sched = optim.Schedule(total_steps=15, warmup_steps=5, peak_lr=0.4, end_lr=0.0)
+  lr = optim.learning_rate_fn(sched)
+  values = [float(lr(s)) for s in (0, 1, 5, 10, 15, 20)]
+  np.testing.assert_allclose(values, [0.0, 0.08, 0.4, 0.2, 0.0, 0.0], atol=1e-7)
+  halfway = float(lr(5 + 10 // 3))  # Cosine: peak * (1 + cos(pi * t)) / 2.
+  np.testing.assert_allclose(halfway, 0.4 * (1 + math.cos(math.pi * 3 / 10)) / 2, rtol=1e-6)
+
+
+def test_zero_step_warmup_starts_at_peak_without_nan():
+  lr = optim.learning_rate_fn(optim.Schedule(10, 0, 0.4, 0.004))
+  values = np.array([float(lr(s)) for s in range(11)])
+  assert np.all(np.isfinite(values))
+  np.testing.assert_allclose(values[[0, 5, 10]], [0.4, 0.202, 0.004], rtol=1e-5)
+  config = schedule_config(warmup_steps=0)
+  assert optim.make_schedule(config, 1000).warmup_steps == 0
+
+
+def sgd_updates(nesterov: bool, grads: list[float], momentum=0.9, lr=1.0):
+  config = base_config().optimizer
+  config.update(nesterov=nesterov, momentum=momentum, weight_decay=0.0)
+  tx = optim.build_optimizer(config, lambda _: lr)
+  params = {"m": {"w": jnp.zeros(())}}
+  state = tx.init(params)
+  out = []
+  for g in grads:
+    updates, state = tx.update({"m": {"w": jnp.asarray(g)}}, state, params)
+    out.append(float(updates["m"]["w"]))
+  return out
+
+
+def test_nesterov_flag_is_honoured():
+  grads = [1.0, 2.0, 3.0]
+  # Heavy ball: m_t = g_t + 0.9 m_{t-1}; update -m_t.
+  np.testing.assert_allclose(sgd_updates(False, grads), [-1.0, -2.9, -5.61], rtol=1e-6)
+  # Nesterov: update -(g_t + 0.9 m_t).
+  np.testing.assert_allclose(sgd_updates(True, grads), [-1.9, -4.61, -8.049], rtol=1e-6)
+
+
+def test_coupled_weight_decay_only_on_masked_params():
+  config = base_config().optimizer
+  config.update(momentum=0.0, weight_decay=0.1, nesterov=False)
+  tx = optim.build_optimizer(config, lambda _: 1.0)
+  params = {"net/conv": {"w": jnp.full((2,), 2.0), "gain": jnp.full((2,), 2.0)}}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  np.testing.assert_allclose(updates["net/conv"]["w"], [-0.2, -0.2])
+  np.testing.assert_allclose(updates["net/conv"]["gain"], [0.0, 0.0])
+
+
+def test_agc_clips_body_but_not_classifier():
+  config = base_config().optimizer
+  config.update(momentum=0.0, weight_decay=0.0, agc_clip=0.01, agc_eps=1e-3)
+  tx = optim.build_optimizer(config, lambda _: 1.0)
+  params = {"net/conv": {"w": jnp.ones((1, 1, 1, 2))}, "net/classifier": {"w": jnp.ones((1, 2))}}
+  grads = jax.tree.map(lambda p: 100.0 * p, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Unit-wise (per output channel) norm of a 1-element unit is 1: clipped to 0.01 * 1.
+  np.testing.assert_allclose(updates["net/conv"]["w"].ravel(), [-0.01, -0.01], rtol=1e-5)
+  np.testing.assert_allclose(updates["net/classifier"]["w"].ravel(), [-100.0, -100.0])
+
+
+def test_adamw_option_steps():
+  config = base_config().optimizer
+  config.update(name="adamw", weight_decay=0.1)
+  tx = optim.build_optimizer(config, lambda _: 1e-3)
+  params = {"net/conv": {"w": jnp.ones((2,)), "bias": jnp.ones((2,))}}
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  # Adam's first step is -lr * sign(g); decoupled decay adds -lr * wd * w on "w" only.
+  np.testing.assert_allclose(updates["net/conv"]["w"], [-1e-3 * 1.1] * 2, rtol=1e-4)
+  np.testing.assert_allclose(updates["net/conv"]["bias"], [-1e-3] * 2, rtol=1e-4)
+
+
+def test_unknown_optimizer_names_the_allowed_ones():
+  config = base_config().optimizer
+  config.name = "lamb"
+  with pytest.raises(ConfigError, match="'lamb'; allowed: sgd, adamw"):
+    optim.build_optimizer(config, lambda _: 0.1)
+
+
+def test_label_smoothing_cross_entropy():
+  logits = jnp.array([[2.0, 0.0, -1.0]], jnp.bfloat16)
+  log_p = jax.nn.log_softmax(jnp.array([[2.0, 0.0, -1.0]]))[0]
+  eps = 0.3
+  expected = -((1 - eps) * log_p[0] + eps / 3 * jnp.sum(log_p))
+  loss = steps.cross_entropy(logits, jnp.array([0]), eps)
+  assert loss.dtype == jnp.float32
+  np.testing.assert_allclose(loss, [expected], rtol=1e-6)
+  # Soft targets (MixUp) take the same path; uniform logits give log K whatever the targets.
+  soft = steps.cross_entropy(jnp.zeros((1, 3)), jnp.array([[0.5, 0.5, 0.0]]), 0.1)
+  np.testing.assert_allclose(soft, [math.log(3)], rtol=1e-6)
+  np.testing.assert_allclose(
+    optax.softmax_cross_entropy_with_integer_labels(jnp.array([[2.0, 0.0, -1.0]]), jnp.array([0])),
+    steps.cross_entropy(logits, jnp.array([0]), 0.0),
+    rtol=1e-6,
+  )
