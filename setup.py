@@ -16,7 +16,13 @@ EXPERIMENTS = [
   "tqdm>=4.66",
   "tensorboardX>=2.6.2",
 ]
-TEST = EXPERIMENTS + ["pytest>=8.0", "ruff>=0.6"]
+TEST = EXPERIMENTS + [
+  "pytest>=8.0",
+  "ruff>=0.6",
+  "nbclient>=0.10",
+  "nbformat>=5.10",
+  "ipykernel>=6.29",
+]
 
 setup(
   name="nfresnet",

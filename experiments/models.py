@@ -17,14 +17,17 @@ import ml_collections
 import nfresnet
 from experiments.configs import ConfigError
 
-MODELS: Mapping[str, type[hk.Module]] = {
+ModelConstructor = Callable[..., hk.Module]
+
+BUILTIN_MODELS: Mapping[str, ModelConstructor] = {
   "nf_resnet": nfresnet.NFResNet,
   "resnet_v2": nfresnet.ResNetV2,
   "skipinit": nfresnet.SkipInitResNet,
   "fixup": nfresnet.FixupResNet,
   "nf_regnet": nfresnet.NFRegNet,
 }
-"""Allowed ``config.model_name`` values and their constructors."""
+MODELS: dict[str, ModelConstructor] = dict(BUILTIN_MODELS)
+"""Allowed ``config.model_name`` values and their constructors (``register_model`` adds)."""
 
 BN_MODELS = frozenset({"resnet_v2"})
 """Models with BatchNorm: their state holds moving statistics."""
@@ -32,7 +35,33 @@ BN_MODELS = frozenset({"resnet_v2"})
 ModelFn = Callable[[jax.Array, bool], jax.Array]
 
 
-def get_model_class(name: str) -> type[hk.Module]:
+def register_model(name: str, constructor: ModelConstructor) -> None:
+  """Makes ``constructor`` selectable as ``config.model_name = name`` (e.g. from a notebook).
+
+  ``constructor(num_classes=..., **config.model)`` must return a Haiku module
+  called as ``model(x, is_training)``: a class, or a ``functools.partial`` fixing
+  arguments a config cannot hold, e.g.
+  ``partial(nfresnet.NFResNet, block=MyBlock, activation=my_fn)``. Its keyword
+  arguments are checked against its signature like a built-in model's.
+  Registration lasts for the process: ``load_trained`` finds the model only
+  where the name is registered.
+
+  Args:
+    name: the new ``model_name``. Built-in names cannot be replaced; a name
+      registered earlier can (re-running a notebook cell).
+    constructor: the model class or partial.
+
+  Raises:
+    ValueError: ``name`` is a built-in model or ``constructor`` is not callable.
+  """
+  if name in BUILTIN_MODELS:
+    raise ValueError(f"model_name {name!r} is built in; choose another name")
+  if not callable(constructor):
+    raise ValueError(f"register_model({name!r}, ...): {constructor!r} is not callable")
+  MODELS[name] = constructor
+
+
+def get_model_class(name: str) -> ModelConstructor:
   """The constructor registered under ``name``; ConfigError listing names otherwise."""
   if name not in MODELS:
     raise ConfigError(f"unknown model_name {name!r}; allowed: {', '.join(sorted(MODELS))}")
@@ -55,7 +84,7 @@ def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict[st
   cls = get_model_class(config.model_name)
   kwargs = dict(config.model.to_dict() if hasattr(config.model, "to_dict") else config.model)
   kwargs["num_classes"] = num_classes
-  accepted = inspect.signature(cls.__init__).parameters
+  accepted = inspect.signature(cls).parameters  # A class or a functools.partial.
   unknown = sorted(k for k in kwargs if k not in accepted)
   if unknown:
     allowed = sorted(k for k in accepted if k not in ("self", "name"))

@@ -3,8 +3,9 @@
 ``plot_spp`` draws the paper's three panels (average channel squared mean,
 average channel variance, residual average channel variance) against the block
 index, marks the stage ends and draws the analytic NF variance ``1 + k * alpha^2``
-as a dashed line for models that have one. matplotlib is imported (with the Agg
-backend) inside ``plot_spp`` only.
+as a dashed line for models that have one. matplotlib is imported inside
+``plot_spp`` only, which builds a ``matplotlib.figure.Figure`` without pyplot: it
+never changes the backend, so it works the same in scripts and notebooks.
 """
 
 from __future__ import annotations
@@ -73,15 +74,25 @@ class SPPRun:
   analytic: np.ndarray | None = None
 
 
-def plot_spp(runs: Sequence[SPPRun], path: str | pathlib.Path, title: str = "") -> None:
-  """Writes the three-panel Signal Propagation Plot of ``runs`` to ``path`` (PNG)."""
+def plot_spp(
+  runs: Sequence[SPPRun], path: str | pathlib.Path | None = None, title: str = ""
+) -> Any:
+  """The three-panel Signal Propagation Plot of ``runs``.
+
+  Args:
+    runs: the measured models, drawn in order.
+    path: where to write the figure (PNG); None writes nothing.
+    title: figure title.
+
+  Returns:
+    The ``matplotlib.figure.Figure`` (after ``%matplotlib inline``, ``display(fig)`` shows it).
+  """
   import matplotlib
+  from matplotlib.figure import Figure
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  fig = Figure(figsize=(16, 4.6))
+  axes = fig.subplots(1, 3)
+  colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
   for number, run in enumerate(runs):
     color = colors[number % len(colors)]
     blocks = np.arange(1, len(run.result["avg_var"]) + 1)
@@ -110,8 +121,9 @@ def plot_spp(runs: Sequence[SPPRun], path: str | pathlib.Path, title: str = "") 
   if title:
     fig.suptitle(title)
   fig.tight_layout(rect=(0, 0.08, 1, 0.97 if title else 1))
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  if path is not None:
+    fig.savefig(path, dpi=110)
+  return fig
 
 
 def _jsonable(value: Any) -> Any:

@@ -130,3 +130,76 @@ def test_subprocess_exit_code_and_single_line():
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
   assert "width" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  """A quick-start NF-ResNet-18 (width 1/8) trained for 3 steps."""
+  from experiments.configs import quickstart
+  from experiments.train import train_and_evaluate
+
+  config = quickstart.get_config()
+  config.model.width = 0.125
+  config.train.batch_size = 16
+  config.train.eval_batch_size = 40
+  config.train.num_steps = 3
+  config.train.progress_bar = False
+  workdir = tmp_path_factory.mktemp("quickstart")
+  train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_checkpoint_measures_trained_and_init(trained_workdir, tmp_path):
+  import jax
+
+  import nfresnet
+  from experiments.checkpoint import load_trained
+
+  argv = [f"--checkpoint={trained_workdir}", "--batch_size=4", "--seed=1", f"--out={tmp_path}"]
+  assert run_cli(argv) == 0
+  payload = json.loads((tmp_path / "spp.json").read_text())
+  settings = payload["settings"]
+  # The run's 16 px digits have one channel.
+  assert settings["resolution"] == 16 and settings["input_shape"] == [4, 16, 16, 1]
+  assert settings["checkpoints"] == [str(trained_workdir)]
+  trained, init = payload["models"]
+  assert trained["label"].endswith("(trained)") and init["label"].endswith("(at init)")
+  assert trained["kwargs"]["model_name"] == "nf_resnet" and trained["kwargs"]["width"] == 0.125
+  assert trained["analytic_var"] == pytest.approx([1.04, 1.08] * 4)
+  # Skip gains start at 0, so at init every block passes its input through unchanged.
+  assert init["avg_var"][0] == pytest.approx(init["avg_var"][1], rel=1e-6)
+  assert not np.allclose(trained["avg_var"], init["avg_var"], rtol=1e-3)
+  # The CLI's trained numbers are those of the checkpoint's own parameters.
+  model = load_trained(trained_workdir)
+  inputs = spp.make_inputs("gaussian", 4, 16, seed=1, channels=1)
+  direct = nfresnet.signal_propagation(
+    lambda x: model.model_fn(x, False), inputs, rng=jax.random.key(1), params=model.params
+  )
+  np.testing.assert_allclose(trained["avg_var"], direct["avg_var"], rtol=1e-4)
+  np.testing.assert_allclose(trained["residual_var"], direct["residual_var"], rtol=1e-4)
+
+
+def test_checkpoint_input_channels_must_match(trained_workdir, capsys):
+  # Synthetic images are RGB; the digits run expects one channel.
+  assert run_cli([f"--checkpoint={trained_workdir}", "--input=synthetic"]) == 2
+  err = capsys.readouterr().err
+  assert "has 3 channels; the checkpoint expects 1" in err, err
+  assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_a_workdir", "no_checkpoint"])
+def test_bad_checkpoint_is_one_line_exit_2(kind, tmp_path, trained_workdir, capsys):
+  workdir = tmp_path / "run"
+  if kind != "missing":
+    workdir.mkdir()
+  if kind == "no_checkpoint":
+    (workdir / "config.json").write_text((trained_workdir / "config.json").read_text())
+  assert run_cli([f"--checkpoint={workdir}", f"--out={tmp_path}"]) == 2
+  err = capsys.readouterr().err
+  expected = {
+    "missing": "no such directory",
+    "not_a_workdir": "config.json not found",
+    "no_checkpoint": "no readable checkpoint",
+  }[kind]
+  assert f"--checkpoint={workdir}: " in err and expected in err, err
+  assert len(err.strip().splitlines()) == 1
