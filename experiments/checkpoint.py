@@ -196,7 +196,10 @@ def load_trained(workdir: str | pathlib.Path, use_ema: bool = False) -> TrainedM
   if not config_path.is_file():
     raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  manager = ocp.CheckpointManager(workdir.absolute() / CHECKPOINT_DIR, item_names=("state", "meta"))
+  checkpoint_dir = workdir.absolute() / CHECKPOINT_DIR
+  if not checkpoint_dir.is_dir():  # Checked first: orbax would create the folder.
+    raise FileNotFoundError(f"no readable checkpoint in {checkpoint_dir}")
+  manager = ocp.CheckpointManager(checkpoint_dir, item_names=("state", "meta"))
   for step in reversed(sorted(manager.all_steps())):
     try:
       restored = manager.restore(

@@ -178,3 +178,10 @@ def test_corrupt_latest_falls_back_to_previous(runs, caplog):
   assert trainer.checkpointer.steps() == [6]
   moved = list((runs["full_dir"] / checkpoint.UNREADABLE_DIR).iterdir())
   assert [p.name.split("-")[0] for p in moved] == ["7"]
+
+
+def test_load_trained_without_checkpoints_creates_nothing(tmp_path):
+  (tmp_path / checkpoint.CONFIG_FILE).write_text(json.dumps({"model_name": "nf_resnet"}))
+  with pytest.raises(FileNotFoundError, match="no readable checkpoint"):
+    checkpoint.load_trained(tmp_path)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.CONFIG_FILE]
