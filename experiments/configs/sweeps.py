@@ -1,0 +1,161 @@
+"""Sweep entries and the paper's sweep grids, shared by every config file.
+
+A sweep is what ``get_sweep(name)`` of a config file returns: a list of
+``SweepEntry`` (a run name, the config argument that selects the model, and
+dotted overrides such as ``{"train.seed": 3}``). The model goes through the
+config argument rather than an override because each model family has its own
+``config.model`` section (constructor kwargs); everything else is an override,
+exactly what ``--config.train.seed=3`` would do on the command line.
+
+Each config file calls the grid builders below with its own depths, seeds and
+batch sizes, so ``table1`` means the same study on ImageNet and on
+Fashion-MNIST.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from experiments.configs import ConfigError
+from experiments.configs.args import join_args
+
+TABLE1_MODELS = ("nf", "bn", "skipinit", "fixup")  # Paper Table 1 columns.
+ACTIVATIONS = ("relu", "silu", "gelu")  # Appendix: NF networks with other activations.
+MEANSHIFT_MODELS = ("nf", "he", "bn")  # Figure 2's networks, trained (Scaled WS vs He init).
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepEntry:
+  """One run of a sweep.
+
+  Attributes:
+    name: directory name of the run under the sweep root (unique in the sweep).
+    arg: config argument, e.g. ``"model=nf,depth=101,regularized"``.
+    overrides: dotted config overrides, e.g. ``{"train.seed": 3}``.
+  """
+
+  name: str
+  arg: str
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def with_arg(self, extra: str) -> SweepEntry:
+    """The same entry with ``extra`` appended to its config argument (e.g. ``smoke``)."""
+    return dataclasses.replace(self, arg=join_args(self.arg, extra))
+
+
+def table1(
+  depths: Sequence[int],
+  seeds: int,
+  models: Sequence[str] = TABLE1_MODELS,
+  regularization: Sequence[bool] = (False, True),
+) -> list[SweepEntry]:
+  """Table 1: model x depth x {unregularized, regularized} x seeds."""
+  entries = []
+  for model in models:
+    for depth in depths:
+      for regularized in regularization:
+        for seed in range(seeds):
+          reg = ",regularized" if regularized else ""
+          entries.append(
+            SweepEntry(
+              f"{model}{depth}{'_reg' if regularized else ''}_seed{seed}",
+              f"model={model},depth={depth}{reg}",
+              {"train.seed": seed},
+            )
+          )
+  return entries
+
+
+def table2(
+  depth: int, batch_sizes: Iterable[int], seeds: int = 1, models: Sequence[str] = ("nf", "bn")
+) -> list[SweepEntry]:
+  """Table 2: NF vs BN at each batch size, same number of epochs (steps follow the batch)."""
+  return [
+    SweepEntry(
+      f"{model}{depth}_batch{batch}_seed{seed}",
+      f"model={model},depth={depth}",
+      {"train.batch_size": batch, "train.seed": seed},
+    )
+    for model in models
+    for batch in batch_sizes
+    for seed in range(seeds)
+  ]
+
+
+def depth_sweep(
+  depths: Sequence[int], seeds: int = 1, models: Sequence[str] = ("nf", "bn")
+) -> list[SweepEntry]:
+  """Accuracy against depth, NF vs BN, unregularized."""
+  return [
+    SweepEntry(f"{model}{depth}_seed{seed}", f"model={model},depth={depth}", {"train.seed": seed})
+    for model in models
+    for depth in depths
+    for seed in range(seeds)
+  ]
+
+
+def activation_sweep(depth: int, seeds: int = 1) -> list[SweepEntry]:
+  """NF networks with ReLU, SiLU and GELU, each scaled by its own gamma."""
+  return [
+    SweepEntry(
+      f"nf{depth}_{activation}_seed{seed}",
+      f"model=nf,depth={depth},activation={activation}",
+      {"train.seed": seed},
+    )
+    for activation in ACTIVATIONS
+    for seed in range(seeds)
+  ]
+
+
+def meanshift_sweep(depth: int, seeds: int = 1) -> list[SweepEntry]:
+  """Scaled WS vs the same NF network with He init and no WS vs BN (Figure 2, trained)."""
+  return [
+    SweepEntry(f"{model}{depth}_seed{seed}", f"model={model},depth={depth}", {"train.seed": seed})
+    for model in MEANSHIFT_MODELS
+    for seed in range(seeds)
+  ]
+
+
+def table3(variants: Sequence[str], seeds: int = 1) -> list[SweepEntry]:
+  """Table 3: NF-RegNet B0 to B5 (each variant's resolutions and dropout from its table)."""
+  return [
+    SweepEntry(
+      f"nf_regnet_{variant}_seed{seed}", f"model=nf_regnet,variant={variant}", {"train.seed": seed}
+    )
+    for variant in variants
+    for seed in range(seeds)
+  ]
+
+
+def powers_of_two(largest: int, smallest: int) -> list[int]:
+  """``[largest, largest / 2, ..., smallest]``, e.g. 1024 down to 4."""
+  sizes = []
+  size = largest
+  while size >= smallest:
+    sizes.append(size)
+    size //= 2
+  return sizes
+
+
+def select(
+  name: str | None, builders: Mapping[str, Callable[[], list[SweepEntry]]], what: str
+) -> list[SweepEntry]:
+  """Calls the builder of sweep ``name``; one-line ConfigError for an unknown name.
+
+  Args:
+    name: sweep name from ``--config=FILE:NAME``.
+    builders: the sweeps this config file offers.
+    what: the config's name, used in error messages.
+
+  Returns:
+    The entries, after checking that their names are unique.
+  """
+  if name not in builders:
+    raise ConfigError(f"unknown {what} sweep {name!r}; allowed: {', '.join(builders)}")
+  entries = builders[name]()
+  names = [entry.name for entry in entries]
+  if len(set(names)) != len(names):
+    raise ConfigError(f"{what} sweep {name!r} has duplicate entry names")
+  return entries

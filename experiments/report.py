@@ -1,0 +1,384 @@
+r"""Collects the runs of a sweep into a table, a CSV file and a plot.
+
+Usage::
+
+  python -m experiments.report ROOT [--metric=eval/accuracy] [--rows=model.depth] \
+    [--cols=model_name] [--out=DIR]
+
+Every directory under ROOT holding a ``metrics.jsonl`` is a run; its
+``config.json`` says what it was. Runs that differ only in ``train.seed`` are
+aggregated as the paper does: median, with the min-max spread and the number
+of seeds. ``--rows``/``--cols`` pick the config fields of the table's rows and
+columns (default rows: the fields that vary between runs, redundant ones
+dropped; no column field). A run without the metric or not complete (failed,
+diverged, still running) counts as failed and is listed; a run is complete when
+its ``sweep_status.json`` says done or, without one, when its last eval row is
+at its last step. Writes ``report.md``, ``report.csv`` and ``report.png`` to
+``--out`` (default ROOT).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import pathlib
+import statistics
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from absl import flags
+
+from experiments.report_plot import label, plot_groups
+
+USAGE_ERROR = 2
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+STATUS_FILE = "sweep_status.json"  # Written by experiments.sweep.
+SEED_FIELD = "train.seed"
+FIELD_ORDER = ("model_name", "model.", "data.", "train.", "optimizer.")
+
+METRIC = flags.DEFINE_string("metric", "eval/accuracy", "KIND/NAME of the final row.")
+ROWS = flags.DEFINE_list("rows", [], "Config fields of the table rows (default: automatic).")
+COLS = flags.DEFINE_list("cols", [], "Config fields of the table columns (default: none).")
+OUT = flags.DEFINE_string("out", None, "Output directory (default: ROOT).")
+
+
+class ReportError(ValueError):
+  """Nothing to report, or a field or metric that the runs do not have."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run: its name (path under ROOT), flat config and final metrics."""
+
+  name: str
+  config: Mapping[str, Any]
+  final: Mapping[str, Mapping[str, Any]]  # kind -> the row of that kind with the largest step.
+  status: Mapping[str, Any]
+
+  @property
+  def last_step(self) -> int:
+    return max((row.get("step", 0) for row in self.final.values()), default=0)
+
+  @property
+  def complete(self) -> bool:
+    """Finished: its sweep status says done, or (no status) its last eval is at its last step."""
+    if self.status.get("status"):
+      return self.status["status"] == "done"
+    return "eval" in self.final and self.final["eval"].get("step") == self.last_step
+
+  def value(self, metric: str) -> float:
+    """The metric (``KIND/NAME``) of the run's last row of that kind.
+
+    NaN when absent or when the run is not complete (failed, diverged, still running).
+    """
+    if not self.complete:
+      return math.nan
+    kind, _, name = metric.partition("/")
+    value = self.final.get(kind, {}).get(name)
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """Runs sharing the row and column values: their metric values and summary."""
+
+  row: tuple
+  col: tuple
+  runs: list[str]
+  values: list[float]  # Finite values only.
+
+  @property
+  def failed(self) -> int:
+    return len(self.runs) - len(self.values)
+
+  @property
+  def median(self) -> float:
+    return statistics.median(self.values) if self.values else math.nan
+
+  @property
+  def low(self) -> float:
+    return min(self.values) if self.values else math.nan
+
+  @property
+  def high(self) -> float:
+    return max(self.values) if self.values else math.nan
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """``{"model": {"depth": 50}}`` -> ``{"model.depth": 50}``."""
+  flat: dict[str, Any] = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def read_json(path: pathlib.Path) -> dict:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return {}
+
+
+def final_rows(path: pathlib.Path) -> dict[str, dict[str, Any]]:
+  """For each row kind ("train", "eval"), the row with the largest step."""
+  final: dict[str, dict[str, Any]] = {}
+  for line in path.read_text().splitlines():
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue  # A partial line left by a killed process.
+    kind = row.get("kind", "train")
+    if kind not in final or row.get("step", 0) >= final[kind].get("step", 0):
+      final[kind] = row
+  return final
+
+
+def collect_runs(root: str | pathlib.Path) -> list[Run]:
+  """Every run under ``root`` (directories with ``metrics.jsonl``), sorted by name.
+
+  Raises:
+    ReportError: ``root`` is missing or holds no run.
+  """
+  root = pathlib.Path(root)
+  if not root.is_dir():
+    raise ReportError(f"{root} is not a directory")
+  runs = []
+  for metrics in sorted(root.rglob(METRICS_FILE)):
+    run_dir = metrics.parent
+    runs.append(
+      Run(
+        name=str(run_dir.relative_to(root)) if run_dir != root else root.name,
+        config=flatten(read_json(run_dir / CONFIG_FILE)),
+        final=final_rows(metrics),
+        status=read_json(run_dir / STATUS_FILE),
+      )
+    )
+  if not runs:
+    raise ReportError(f"no runs under {root}: no {METRICS_FILE} found")
+  return runs
+
+
+def failed_without_metrics(root: str | pathlib.Path) -> list[tuple[str, str]]:
+  """Sweep entries that failed before writing any metrics: ``(name, error)``."""
+  root = pathlib.Path(root)
+  found = []
+  for status_path in sorted(root.rglob(STATUS_FILE)):
+    status = read_json(status_path)
+    if status.get("status") == "failed" and not (status_path.parent / METRICS_FILE).exists():
+      found.append((str(status_path.parent.relative_to(root)), status.get("error", "")))
+  return found
+
+
+def varying_fields(runs: Sequence[Run]) -> list[str]:
+  """Config fields whose values differ between runs, in FIELD_ORDER."""
+  keys = sorted({k for run in runs for k in run.config})
+  varying = [k for k in keys if len({json.dumps(run.config.get(k)) for run in runs}) > 1]
+  return sorted(varying, key=field_rank)
+
+
+def field_rank(field: str) -> tuple[int, str]:
+  for rank, prefix in enumerate(FIELD_ORDER):
+    if field == prefix or (prefix.endswith(".") and field.startswith(prefix)):
+      return rank, field
+  return len(FIELD_ORDER), field
+
+
+def default_rows(runs: Sequence[Run], cols: Sequence[str]) -> list[str]:
+  """Varying fields (not the seed, not ``cols``), keeping only those that split groups further."""
+  chosen: list[str] = []
+  count = len(group_keys(runs, list(cols)))
+  for field in varying_fields(runs):
+    if field == SEED_FIELD or field in cols:
+      continue
+    new_count = len(group_keys(runs, [*chosen, *cols, field]))
+    if new_count > count:
+      chosen.append(field)
+      count = new_count
+  return chosen
+
+
+def group_keys(runs: Sequence[Run], fields: Sequence[str]) -> set[tuple]:
+  return {key_of(run, fields) for run in runs}
+
+
+def key_of(run: Run, fields: Sequence[str]) -> tuple:
+  return tuple(json.dumps(run.config.get(f)) for f in fields)
+
+
+def aggregate(
+  runs: Sequence[Run], metric: str, rows: Sequence[str], cols: Sequence[str]
+) -> list[Group]:
+  """Groups runs by row and column field values (in first-seen order)."""
+  groups: dict[tuple, Group] = {}
+  for run in runs:
+    key = (key_of(run, rows), key_of(run, cols))
+    group = groups.setdefault(key, Group(key[0], key[1], [], []))
+    group.runs.append(run.name)
+    value = run.value(metric)
+    if math.isfinite(value):
+      group.values.append(value)
+  return sorted(groups.values(), key=lambda g: (sort_key(g.row), sort_key(g.col)))
+
+
+def sort_key(values: tuple) -> tuple:
+  """Numbers by value, then everything else by text."""
+  parsed = [json.loads(v) for v in values]
+  return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in parsed)
+
+
+def check_fields(runs: Sequence[Run], fields: Sequence[str], flag: str) -> None:
+  known = {k for run in runs for k in run.config}
+  for field in fields:
+    if field not in known:
+      varying = ", ".join(varying_fields(runs)) or "none"
+      raise ReportError(f"--{flag}: no config field {field!r}; fields that vary: {varying}")
+
+
+def check_metric(runs: Sequence[Run], metric: str) -> None:
+  kind, slash, name = metric.partition("/")
+  available = sorted(
+    {f"{k}/{n}" for r in runs for k, row in r.final.items() for n in row}
+    - {f"{k}/{n}" for r in runs for k in r.final for n in ("step", "kind")}
+  )
+  if not slash or metric not in available:
+    raise ReportError(f"unknown --metric {metric!r}; available: {', '.join(available)}")
+
+
+def format_value(value: float, metric: str) -> str:
+  if not math.isfinite(value):
+    return "n/a"
+  return f"{100 * value:.2f}" if "accuracy" in metric else f"{value:.4g}"
+
+
+def format_cell(group: Group | None, metric: str) -> str:
+  """``85.12 (84.90-85.40, n=3)``, with failures counted."""
+  if group is None:
+    return ""
+  failed = f", {group.failed} failed" if group.failed else ""
+  if not group.values:
+    return f"failed ({group.failed} of {len(group.runs)})"
+  if len(group.values) == 1:
+    return f"{format_value(group.median, metric)} (n=1{failed})"
+  spread = f"{format_value(group.low, metric)}-{format_value(group.high, metric)}"
+  return f"{format_value(group.median, metric)} ({spread}, n={len(group.values)}{failed})"
+
+
+def markdown(
+  runs: Sequence[Run],
+  groups: Sequence[Group],
+  metric: str,
+  rows: Sequence[str],
+  cols: Sequence[str],
+  root: str,
+  failures: Sequence[tuple[str, str]] = (),
+) -> str:
+  """report.md: the rows x columns table, then every run's value and wall time."""
+  unit = " (%)" if "accuracy" in metric else ""
+  row_keys = list(dict.fromkeys(g.row for g in groups))
+  col_keys = list(dict.fromkeys(g.col for g in groups))
+  cell = {(g.row, g.col): g for g in groups}
+  lines = [
+    f"# Report: {root}",
+    "",
+    f"Metric: `{metric}`{unit}, median over seeds (min-max, n = runs with a value).",
+    "",
+    "| " + " | ".join([", ".join(rows) or "runs", *(label(c, cols) for c in col_keys)]) + " |",
+    "|" + "---|" * (1 + len(col_keys)),
+  ]
+  for r in row_keys:
+    cells = [format_cell(cell.get((r, c)), metric) for c in col_keys]
+    lines.append("| " + " | ".join([label(r, rows), *cells]) + " |")
+  lines += ["", "## Runs", "", f"| run | {metric} | steps | wall time (s) | status |"]
+  lines.append("|---|---|---|---|---|")
+  for run in runs:
+    wall = run.status.get("wall_s", "")
+    state = run.status.get("status") or ("done" if run.complete else "incomplete")
+    value = format_value(run.value(metric), metric)
+    lines.append(f"| {run.name} | {value} | {run.last_step} | {wall} | {state} |")
+  if failures:
+    lines += ["", "## Failed before training", ""]
+    lines += [f"- {name}: {error}" for name, error in failures]
+  return "\n".join(lines) + "\n"
+
+
+def write_csv(
+  path: pathlib.Path, groups: Sequence[Group], rows: Sequence[str], cols: Sequence[str]
+) -> None:
+  """report.csv: one line per group with n, failures, median, min, max and run names."""
+  with path.open("w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow([*rows, *cols, "n", "failed", "median", "min", "max", "runs"])
+    for g in groups:
+      fields = [json.loads(v) for v in (*g.row, *g.col)]
+      writer.writerow([*fields, len(g.values), g.failed, g.median, g.low, g.high, " ".join(g.runs)])
+
+
+def write_report(
+  root: str | pathlib.Path,
+  metric: str = "eval/accuracy",
+  rows: Sequence[str] = (),
+  cols: Sequence[str] = (),
+  out: str | pathlib.Path | None = None,
+) -> list[Group]:
+  """Collects, aggregates and writes report.md, report.csv and report.png.
+
+  Args:
+    root: directory searched for runs.
+    metric: ``KIND/NAME`` of the value per run (its last row of that kind).
+    rows: row fields; empty: ``default_rows``.
+    cols: column fields.
+    out: output directory (default ``root``).
+
+  Returns:
+    The groups (one per table cell).
+
+  Raises:
+    ReportError: no runs, unknown field or metric.
+  """
+  runs = collect_runs(root)
+  check_metric(runs, metric)
+  check_fields(runs, [*rows, *cols], "rows/--cols")
+  rows = list(rows) or default_rows(runs, cols)
+  groups = aggregate(runs, metric, rows, cols)
+  out = pathlib.Path(out or root)
+  out.mkdir(parents=True, exist_ok=True)
+  text = markdown(runs, groups, metric, rows, cols, str(root), failed_without_metrics(root))
+  (out / "report.md").write_text(text)
+  write_csv(out / "report.csv", groups, rows, cols)
+  plot_groups(out / "report.png", groups, metric, rows, cols)
+  return groups
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) != 2:
+    return fail("give exactly one ROOT directory: python -m experiments.report ROOT [--metric=...]")
+  try:
+    groups = write_report(argv[1], METRIC.value, ROWS.value, COLS.value, OUT.value)
+  except ReportError as error:
+    return fail(str(error))
+  print(f"report: {len(groups)} groups -> {pathlib.Path(OUT.value or argv[1]) / 'report.md'}")
+  return 0
+
+
+def fail(message: str) -> int:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  return USAGE_ERROR
+
+
+def run() -> None:
+  try:
+    argv = flags.FLAGS(sys.argv)
+  except flags.Error as error:
+    sys.exit(fail(str(error)))
+  sys.exit(main(argv))
+
+
+if __name__ == "__main__":
+  run()

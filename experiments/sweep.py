@@ -1,0 +1,276 @@
+r"""Runs every entry of a sweep, one after another: ``ROOT/<entry-name>`` per run.
+
+Usage::
+
+  python -m experiments.sweep --config=experiments/configs/fashion_mnist.py:table1 \
+    --workdir=results/table1/runs [--dry_run] [--only=nf18_*,bn18_*] [--set=train.num_epochs=1]
+
+Each entry runs as its own ``python -m experiments.main`` process: a crash, an
+out-of-memory kill or a diverged run ends only that entry, every run starts
+with a fresh JAX (no compiled code piling up across runs), and the command
+that runs is exactly the one ``--dry_run`` prints for a cluster scheduler.
+
+An entry is finished when its ``sweep_status.json`` says ``done`` (written
+here after the run exits with status 0) and is then skipped; an entry with
+checkpoints but no ``done`` status was interrupted, and rerunning it resumes
+from its latest checkpoint (``experiments.train`` does that by itself). A
+failing entry is recorded as ``failed`` with its error line, the remaining
+entries still run, the summary lists the failures and the exit status is 1.
+Usage errors (unknown sweep, bad --only pattern) exit with status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import importlib.util
+import json
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import ml_collections
+from absl import flags
+
+from experiments.configs import ConfigError
+from experiments.configs.sweeps import SweepEntry
+
+USAGE_ERROR = 2
+FAILED = 1
+STATUS_FILE = "sweep_status.json"
+LOG_FILE = "train.log"
+CHECKPOINT_DIR = "checkpoints"
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+CONFIG = flags.DEFINE_string("config", None, "Config file and sweep name: FILE.py:SWEEP.")
+WORKDIR = flags.DEFINE_string("workdir", None, "Sweep root; entry NAME runs in ROOT/NAME.")
+DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print one launch command per entry, run nothing.")
+ONLY = flags.DEFINE_list("only", [], "Entry names or shell patterns to run (default: all).")
+SET = flags.DEFINE_multi_string("set", [], "KEY=VALUE config override applied to every entry.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """A loaded sweep: the config file (as given) and its module, the sweep name, its entries."""
+
+  config_file: str
+  module: ModuleType
+  name: str
+  entries: list[SweepEntry]
+
+
+def load_module(config_file: str) -> ModuleType:
+  """Imports a config file by path; ConfigError if missing or without ``get_sweep``."""
+  path = pathlib.Path(config_file)
+  if not path.is_file():
+    raise ConfigError(f"config file {config_file!r} not found")
+  spec = importlib.util.spec_from_file_location(f"sweep_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as error:  # noqa: BLE001 - any error in a config file is a usage error.
+    raise ConfigError(f"cannot load {config_file}: {type(error).__name__}: {error}") from None
+  if not hasattr(module, "get_sweep"):
+    raise ConfigError(f"{config_file} defines no get_sweep(name); it has no sweeps")
+  return module
+
+
+def load_sweep(config: str, only: Sequence[str] = ()) -> Sweep:
+  """Loads ``FILE:SWEEP`` and keeps the entries matching ``only`` (all when empty).
+
+  Raises:
+    ConfigError: no sweep name, unknown sweep, or ``only`` matching nothing.
+  """
+  config_file, _, name = config.partition(":")
+  if not name:
+    raise ConfigError(f"--config={config!r} names no sweep; write FILE.py:SWEEP, e.g. :table1")
+  module = load_module(config_file)
+  entries = module.get_sweep(name)
+  if only:
+    entries = [e for e in entries if any(fnmatch.fnmatchcase(e.name, p) for p in only)]
+    if not entries:
+      raise ConfigError(f"--only={','.join(only)} matches no entry of sweep {name!r}")
+  return Sweep(config_file, module, name, entries)
+
+
+def set_dotted(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """``config.<key> = value`` for a dotted key; ConfigError if the field does not exist."""
+  *parents, leaf = key.split(".")
+  node = config
+  try:
+    for parent in parents:
+      node = node[parent]
+    if leaf not in node:
+      raise KeyError(leaf)
+    node[leaf] = value
+  except (KeyError, AttributeError) as error:
+    raise ConfigError(f"override {key}={value!r}: no such config field ({error})") from None
+  except TypeError as error:
+    raise ConfigError(f"override {key}={value!r}: wrong type ({error})") from None
+
+
+def entry_config(sweep: Sweep, entry: SweepEntry) -> ml_collections.ConfigDict:
+  """The locked config one entry runs with: ``get_config(entry.arg)`` plus its overrides.
+
+  Raises:
+    ConfigError: a bad argument or an override of a field that does not exist.
+  """
+  config = sweep.module.get_config(entry.arg)
+  config.lock()
+  for key, value in entry.overrides.items():
+    set_dotted(config, key, value)
+  return config
+
+
+def format_value(value: object) -> str:
+  """An override value as ``--config.KEY=VALUE`` text (booleans as true/false)."""
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  return str(value)
+
+
+def entry_command(
+  sweep: Sweep, entry: SweepEntry, root: str, extra: Sequence[str] = ()
+) -> list[str]:
+  """The ``python -m experiments.main`` command line of one entry.
+
+  Args:
+    sweep: the loaded sweep.
+    entry: one of its entries.
+    root: the sweep root (the run's workdir is ``root/entry.name``).
+    extra: ``KEY=VALUE`` overrides for every entry, after the entry's own.
+  """
+  config = f"{sweep.config_file}:{entry.arg}" if entry.arg else sweep.config_file
+  command = ["python", "-m", "experiments.main", f"--config={config}"]
+  command.append(f"--workdir={os.path.join(root, entry.name)}")
+  command += [f"--config.{k}={format_value(v)}" for k, v in entry.overrides.items()]
+  command += [f"--config.{item}" for item in extra]
+  return command
+
+
+def read_status(run_dir: pathlib.Path) -> dict:
+  """The entry's recorded status (``{}`` when it never ran here or the file is unreadable)."""
+  try:
+    return json.loads((run_dir / STATUS_FILE).read_text())
+  except (OSError, ValueError):
+    return {}
+
+
+def entry_state(run_dir: pathlib.Path) -> str:
+  """ "finished", "interrupted" (checkpoints, not done) or "new"."""
+  if read_status(run_dir).get("status") == "done":
+    return "finished"
+  checkpoints = run_dir / CHECKPOINT_DIR
+  if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+    return "interrupted"
+  return "new"
+
+
+def error_line(log: pathlib.Path) -> str:
+  """The run's ``error: ...`` line from its log, else its last non-empty line."""
+  try:
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+  except OSError:
+    return "no log"
+  errors = [line for line in lines if line.startswith("error:")]
+  return (errors or lines or ["no output"])[-1]
+
+
+def run_entry(command: list[str], run_dir: pathlib.Path) -> dict:
+  """Runs one entry to completion, logging to ``run_dir/train.log``; returns its status."""
+  run_dir.mkdir(parents=True, exist_ok=True)
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+  start = time.perf_counter()
+  with (run_dir / LOG_FILE).open("a") as log:
+    log.write(f"$ {shlex.join(command)}\n")
+    log.flush()
+    code = subprocess.call([sys.executable, *command[1:]], stdout=log, stderr=log, env=env)
+  status = {"status": "done" if code == 0 else "failed", "returncode": code}
+  status["wall_s"] = round(time.perf_counter() - start, 1)
+  status["command"] = shlex.join(command)
+  if code:
+    status["error"] = error_line(run_dir / LOG_FILE)
+  (run_dir / STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
+  return status
+
+
+def run_sweep(sweep: Sweep, root: str, extra: Sequence[str] = ()) -> list[tuple[str, dict]]:
+  """Runs the entries in order (skipping finished ones); returns ``(name, status)`` per entry."""
+  results = []
+  total = len(sweep.entries)
+  for index, entry in enumerate(sweep.entries, 1):
+    run_dir = pathlib.Path(root) / entry.name
+    try:
+      entry_config(sweep, entry)
+    except ConfigError as error:
+      print(f"[{index}/{total}] {entry.name}: FAILED (bad entry): {error}", flush=True)
+      results.append((entry.name, {"status": "failed", "error": f"error: {error}"}))
+      continue
+    state = entry_state(run_dir)
+    if state == "finished":
+      print(f"[{index}/{total}] {entry.name}: finished, skipped", flush=True)
+      results.append((entry.name, read_status(run_dir)))
+      continue
+    action = "resuming" if state == "interrupted" else "starting"
+    print(f"[{index}/{total}] {entry.name}: {action}", flush=True)
+    status = run_entry(entry_command(sweep, entry, root, extra), run_dir)
+    outcome = f"done in {status['wall_s']:.0f} s"
+    if status["status"] != "done":
+      outcome = f"FAILED (exit {status['returncode']}): {status['error']}"
+    print(f"[{index}/{total}] {entry.name}: {outcome}", flush=True)
+    results.append((entry.name, status))
+  return results
+
+
+def summarize(results: list[tuple[str, dict]]) -> tuple[str, bool]:
+  """A summary text listing failed entries; and whether all entries are done."""
+  failed = [(name, s) for name, s in results if s.get("status") != "done"]
+  lines = [f"sweep: {len(results) - len(failed)} of {len(results)} entries done"]
+  lines += [f"  failed: {name}: {s.get('error', 'unknown error')}" for name, s in failed]
+  return "\n".join(lines), not failed
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    return fail(f"unexpected arguments {' '.join(argv[1:])}")
+  if not CONFIG.value or not WORKDIR.value:
+    return fail("--config=FILE.py:SWEEP and --workdir=ROOT are required")
+  bad = [item for item in SET.value if "=" not in item]
+  if bad:
+    return fail(f"--set={bad[0]!r} must be KEY=VALUE, e.g. train.num_epochs=1")
+  try:
+    sweep = load_sweep(CONFIG.value, ONLY.value)
+  except ConfigError as error:
+    return fail(str(error))
+  if DRY_RUN.value:
+    for entry in sweep.entries:
+      print(shlex.join(entry_command(sweep, entry, WORKDIR.value, SET.value)))
+    return 0
+  summary, ok = summarize(run_sweep(sweep, WORKDIR.value, SET.value))
+  print(summary, flush=True)
+  return 0 if ok else FAILED
+
+
+def fail(message: str) -> int:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  return USAGE_ERROR
+
+
+def run() -> None:
+  """Parses flags (one-line errors for bad ones) and runs ``main``."""
+  try:
+    argv = flags.FLAGS(sys.argv)
+  except flags.Error as error:
+    sys.exit(fail(str(error)))
+  sys.exit(main(argv))
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,165 @@
+"""The sweep runner end to end: a 2-entry synthetic sweep, its report, failures, reruns, dry runs.
+
+The sweeps run through the real command line (``python -m experiments.sweep``),
+whose entries are themselves ``experiments.main`` processes; the test config
+uses the digits config's ``:smoke`` form (synthetic data, 2 steps) on one CPU
+device, so each trained entry costs one small compilation.
+"""
+
+import json
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from experiments import report, sweep
+from experiments.configs import ConfigError
+
+REPO = pathlib.Path(__file__).parents[1]
+TEST_CONFIG = textwrap.dedent(
+  """
+  from experiments.configs import digits
+  from experiments.configs.sweeps import SweepEntry, select
+
+  ARG = "model=fixup,smoke"
+
+
+  def get_config(arg=None):
+    return digits.get_config(arg)
+
+
+  def get_sweep(name):
+    pair = [
+      SweepEntry("pair_a", ARG, {"train.batch_size": 8}),
+      SweepEntry("pair_b", ARG, {"train.batch_size": 16}),
+    ]
+    broken = [
+      SweepEntry("missing_data", ARG, {"data.name": "mnist", "data.data_dir": "/no/such/dir"}),
+      SweepEntry("bad_override", ARG, {"train.no_such_field": 1}),
+      pair[0],
+      SweepEntry("fresh_c", ARG, {"train.batch_size": 24}),
+    ]
+    return select(name, {"pair": lambda: pair, "broken": lambda: broken}, "tiny")
+  """
+)
+
+
+def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    env=env,
+    timeout=900,
+  )
+
+
+@pytest.fixture(scope="module")
+def sweep_root(tmp_path_factory):
+  """Runs the 2-entry ``pair`` sweep once; returns (config file, root, completed process)."""
+  base = tmp_path_factory.mktemp("sweep")
+  config = base / "tiny_sweep.py"
+  config.write_text(TEST_CONFIG)
+  root = base / "root"
+  done = run_cli("experiments.sweep", f"--config={config}:pair", f"--workdir={root}")
+  return config, root, done
+
+
+def final_eval_accuracy(run_dir: pathlib.Path) -> float:
+  rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+  return [r for r in rows if r["kind"] == "eval"][-1]["accuracy"]
+
+
+def test_two_entry_sweep_runs_and_reports_both_entries(sweep_root):
+  _, root, done = sweep_root
+  assert done.returncode == 0, done.stderr
+  assert "sweep: 2 of 2 entries done" in done.stdout
+  for name in ("pair_a", "pair_b"):
+    assert json.loads((root / name / "sweep_status.json").read_text())["status"] == "done"
+    assert json.loads((root / name / "config.json").read_text())["train"]["num_steps"] == 2
+  groups = report.write_report(root)
+  text = (root / "report.md").read_text()
+  assert "| train.batch_size | all runs |" in text
+  for name, batch in (("pair_a", 8), ("pair_b", 16)):
+    accuracy = final_eval_accuracy(root / name)
+    assert f"| batch_size={batch} | {100 * accuracy:.2f} (n=1) |" in text
+    assert f"| {name} | {100 * accuracy:.2f} | 2 |" in text
+  assert [(g.row, g.values) for g in groups] == [
+    (("8",), [final_eval_accuracy(root / "pair_a")]),
+    (("16",), [final_eval_accuracy(root / "pair_b")]),
+  ]
+  assert (root / "report.png").stat().st_size > 0
+  assert len((root / "report.csv").read_text().splitlines()) == 3
+
+
+def test_rerun_skips_finished_entries(sweep_root):
+  config, root, _ = sweep_root
+  before = (root / "pair_a" / "metrics.jsonl").read_text()
+  again = run_cli("experiments.sweep", f"--config={config}:pair", f"--workdir={root}")
+  assert again.returncode == 0
+  assert again.stdout.count("finished, skipped") == 2
+  assert (root / "pair_a" / "metrics.jsonl").read_text() == before
+
+
+def test_failing_entries_do_not_stop_the_rest(sweep_root):
+  config, root, _ = sweep_root
+  done = run_cli("experiments.sweep", f"--config={config}:broken", f"--workdir={root}")
+  assert done.returncode == 1
+  assert "[4/4] fresh_c: done in" in done.stdout  # Ran after two failures.
+  assert "sweep: 2 of 4 entries done" in done.stdout
+  assert "failed: missing_data: error: data directory '/no/such/dir'" in done.stdout
+  assert "failed: bad_override: error: override train.no_such_field=1" in done.stdout
+  status = json.loads((root / "missing_data" / "sweep_status.json").read_text())
+  assert (status["status"], status["returncode"]) == ("failed", 2)
+
+
+def test_dry_run_prints_one_command_per_entry(sweep_root):
+  config, root, _ = sweep_root
+  done = run_cli(
+    "experiments.sweep", f"--config={config}:broken", "--workdir=/cluster", "--dry_run"
+  )
+  lines = done.stdout.splitlines()
+  assert done.returncode == 0 and len(lines) == 4
+  assert shlex.split(lines[0]) == [
+    "python",
+    "-m",
+    "experiments.main",
+    f"--config={config}:model=fixup,smoke",
+    "--workdir=/cluster/missing_data",
+    "--config.data.name=mnist",
+    "--config.data.data_dir=/no/such/dir",
+  ]
+
+
+def test_unknown_sweep_name_is_a_one_line_usage_error(sweep_root):
+  config, root, _ = sweep_root
+  done = run_cli("experiments.sweep", f"--config={config}:nope", f"--workdir={root}")
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines() == [
+    "error: unknown tiny sweep 'nope'; allowed: pair, broken"
+  ]
+
+
+def test_unknown_imagenet_sweep_and_missing_sweep_name():
+  config = str(REPO / "experiments/configs/imagenet.py")
+  with pytest.raises(ConfigError, match="unknown imagenet sweep 'tabel1'; allowed: table1"):
+    sweep.load_sweep(f"{config}:tabel1")
+  with pytest.raises(ConfigError, match="names no sweep"):
+    sweep.load_sweep(config)
+  with pytest.raises(ConfigError, match="--only=zzz matches no entry"):
+    sweep.load_sweep(f"{config}:table2", only=["zzz"])
+  assert len(sweep.load_sweep(f"{config}:table2", only=["bn50_*"]).entries) == 9
+
+
+def test_entry_state(tmp_path):
+  assert sweep.entry_state(tmp_path / "never") == "new"
+  (tmp_path / "run" / "checkpoints" / "40").mkdir(parents=True)
+  assert sweep.entry_state(tmp_path / "run") == "interrupted"
+  (tmp_path / "run" / "sweep_status.json").write_text('{"status": "done"}')
+  assert sweep.entry_state(tmp_path / "run") == "finished"
