@@ -60,5 +60,13 @@ def test_quickstart_runs_and_writes_outputs(arg, tmp_path, capsys):
 
 
 def test_quickstart_rejects_unknown_arg():
-  with pytest.raises(ConfigError, match="'model=x'; allowed: model=nf, model=bn"):
+  with pytest.raises(ConfigError, match="quickstart value model='x'; allowed: nf, bn"):
     quickstart.get_config("model=x")
+  with pytest.raises(ConfigError, match="unknown quickstart argument 'depth'"):
+    quickstart.get_config("depth=50")
+
+
+def test_quickstart_smoke_form():
+  config = quickstart.get_config("model=bn,smoke")
+  assert config.model_name == "resnet_v2" and config.data.name == "synthetic"
+  assert config.train.num_steps == 2 and config.model.width == 0.0625

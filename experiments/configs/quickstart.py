@@ -22,18 +22,26 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import ConfigError, base_config
+from experiments.configs import args as config_args
+from experiments.configs import base_config
 
-ARGS = {"model=nf": "nf_resnet", "model=bn": "resnet_v2"}
+MODELS = {"nf": "nf_resnet", "bn": "resnet_v2"}
+KEYS = {
+  "model": config_args.Key(choices=tuple(MODELS), default="nf"),
+  "smoke": config_args.flag(),
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The quick-start config; ``arg="model=bn"`` selects the BN-ResNet-V2 baseline."""
-  arg = arg or "model=nf"
-  if arg not in ARGS:
-    raise ConfigError(f"unknown quickstart argument {arg!r}; allowed: {', '.join(ARGS)}")
+  """The quick-start config.
+
+  Args:
+    arg: ``model=nf`` (default) or ``model=bn`` for the BN-ResNet-V2 baseline;
+      ``smoke`` shrinks it to a 2-step run on synthetic data.
+  """
+  parsed = config_args.parse_args(arg, KEYS, "quickstart")
   config = base_config()
-  config.model_name = ARGS[arg]
+  config.model_name = MODELS[parsed["model"]]
   config.model = ml_collections.ConfigDict({"depth": 18, "width": 0.25, "stem": "cifar"})
 
   config.data.name = "digits"
@@ -51,4 +59,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.base_lr = 0.4
   config.optimizer.weight_decay = 5e-5
   config.optimizer.warmup_epochs = 1.0
+  if parsed["smoke"]:
+    config_args.apply_smoke(config)
   return config
