@@ -49,7 +49,7 @@ CASES = {
     ["--config.data.name=mnist", "--config.data.data_dir=/nonexistent/nfresnet_data"],
     ["/nonexistent/nfresnet_data"],
   ),
-  "unknown_config_arg": ([], ["model=gpu"]),
+  "unknown_config_arg": ([], ["model='gpu'", "allowed: nf, bn"]),
 }
 
 
