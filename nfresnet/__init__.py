@@ -19,6 +19,7 @@ from nfresnet.blocks import (
   stochastic_depth,
 )
 from nfresnet.counting import count_flops, count_params
+from nfresnet.freeze import fold_batchnorm, folded_batchnorm, freeze, frozen
 from nfresnet.layout import BlockSpec, block_specs, expected_variances, resnet_specs
 from nfresnet.nf_regnet import NF_REGNET_VARIANTS, NFRegNet, NFRegNetBlock
 from nfresnet.nf_resnet import NFResNet
@@ -28,6 +29,7 @@ from nfresnet.signal_propagation import (
   expected_signal_variance,
   signal_propagation,
 )
+from nfresnet.stacking import stack_params, stacked_blocks, unstack_params
 from nfresnet.ws_conv import Conv2D, WSConv2D, standardize_kernel
 
 __version__ = "0.1.0"
@@ -56,6 +58,13 @@ __all__ = [
   "channel_statistics",
   "count_flops",
   "count_params",
+  "fold_batchnorm",
+  "folded_batchnorm",
+  "freeze",
+  "frozen",
+  "stack_params",
+  "stacked_blocks",
+  "unstack_params",
   "draw_params",
   "expected_signal_variance",
   "expected_variances",

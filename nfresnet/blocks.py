@@ -32,11 +32,12 @@ def stochastic_depth(
 
   Args:
     x: branch output, batch-major.
-    rate: drop probability.
+    rate: drop probability: a Python float, or a traced scalar (stacked
+      blocks, see ``nfresnet.stacking``), which always draws a mask.
     is_training: identity when False.
     rescale: divide kept examples by ``1 - rate``; the reference does not.
   """
-  if not is_training or rate == 0.0:
+  if not is_training or (not isinstance(rate, jax.Array) and rate == 0.0):
     return x
   keep_prob = 1.0 - rate
   shape = (x.shape[0],) + (1,) * (x.ndim - 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import haiku as hk
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 from nfresnet.activations import ActivationLike, get_activation, scaled_activation
 from nfresnet.blocks import NF_BLOCKS, ConvFactory, ResidualBlock
 from nfresnet.layout import STEMS, check_choice, resnet_specs
+from nfresnet.stacking import stacked_blocks
 from nfresnet.ws_conv import Conv2D, WSConv2D
 
 CLASSIFIER_INIT = hk.initializers.RandomNormal(0.01)
@@ -67,6 +69,9 @@ class NFResNet(hk.Module):
     rescale_stochdepth: divide kept branches by the keep probability.
     avg_down: ResNet-D average-pool downsampling in transition shortcuts.
     block: a ``ResidualBlock`` subclass replacing the default block type.
+    stack_blocks: run each stage's non-transition blocks as one scan
+      (``nfresnet.stacking``): same numerics, compile time independent of
+      depth, parameters ``stage{s}_blocks/...`` with a leading block axis.
     name: module name.
   """
 
@@ -89,6 +94,7 @@ class NFResNet(hk.Module):
     rescale_stochdepth: bool = False,
     avg_down: bool = False,
     block: type[ResidualBlock] | None = None,
+    stack_blocks: bool = False,
     name: str | None = None,
   ):
     super().__init__(name=name or "nf_resnet")
@@ -106,6 +112,7 @@ class NFResNet(hk.Module):
       else get_activation(activation)
     )
     self.block_cls = block or NF_BLOCKS[block_type]
+    self.stack_blocks = stack_blocks
     self.block_kwargs = dict(
       activation=self.activation,
       alpha=alpha,
@@ -119,6 +126,10 @@ class NFResNet(hk.Module):
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     h = resnet_stem(x, self.stem, self.stem_width, self.conv)
-    for spec in self.specs:
-      h = self.block_cls(spec, **self.block_kwargs)(h, is_training)
+    make_block = functools.partial(self.block_cls, **self.block_kwargs)
+    if self.stack_blocks:
+      h = stacked_blocks(make_block, self.specs, h, is_training)
+    else:
+      for spec in self.specs:
+        h = make_block(spec)(h, is_training)
     return classifier_head(self.activation(h), self.num_classes, self.dropout_rate, is_training)

@@ -1,0 +1,229 @@
+"""What a benchmark runs: the real train and eval steps of ``experiments.steps`` for one case.
+
+A ``Case`` names a model (``experiments.models.MODELS``), its shape and the
+step; ``build`` returns the jitted step, abstract arguments (for compile-only
+measurements, nothing is initialized) and a function making concrete ones.
+Training uses the paper's optimizer (Nesterov SGD, momentum 0.9, weight decay
+off gains and biases) from ``experiments.optim`` and the sharded step of
+``experiments.steps``, so the numbers are those of ``experiments.main``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import optax
+
+import nfresnet
+from benchmarks.conv_impl import CONV_IMPLS, conv_context
+from experiments import models, optim, steps
+from experiments.configs import base_config
+from experiments.train_state import TrainState, init_train_state
+
+MODES = ("train", "eval")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MODEL_ALIASES = {"resnetv2": "resnet_v2", "nf": "nf_resnet", "bn": "resnet_v2"}
+LEARNING_RATE = 0.1  # Any positive constant: the step's cost does not depend on it.
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One benchmark configuration.
+
+  Attributes:
+    model: ``experiments.models.MODELS`` name (aliases: resnetv2, nf, bn).
+    depth: ResNet depth.
+    resolution: square input size.
+    batch_size: global batch.
+    mode: "train" (forward, backward, optimizer update) or "eval" (forward).
+    compute_dtype: activation dtype, "float32" or "bfloat16".
+    stem: "imagenet" or "cifar".
+    num_classes: classifier outputs.
+    stack_blocks: NF-ResNet only: scan over each stage's identical blocks.
+    weight_standardization: NF-ResNet only: False gives plain convs.
+    frozen: eval only: NF with precomputed WS kernels (``nfresnet.freeze``),
+      BN with BatchNorm folded (``nfresnet.fold_batchnorm``).
+    conv_impl: "xla" (``lax.conv`` everywhere) or "dot1x1" (1x1 convolutions
+      as ``jnp.dot``, ``benchmarks.conv_impl``).
+  """
+
+  model: str = "nf_resnet"
+  depth: int = 50
+  resolution: int = 224
+  batch_size: int = 16
+  mode: str = "train"
+  compute_dtype: str = "float32"
+  stem: str = "imagenet"
+  num_classes: int = 1000
+  stack_blocks: bool = False
+  weight_standardization: bool = True
+  frozen: bool = False
+  conv_impl: str = "xla"
+
+  @property
+  def model_name(self) -> str:
+    return MODEL_ALIASES.get(self.model, self.model)
+
+  @property
+  def is_nf(self) -> bool:
+    return self.model_name == "nf_resnet"
+
+  def label(self) -> str:
+    """Short human-readable description."""
+    parts = [f"{self.model_name}-{self.depth}", f"{self.resolution}px", f"b{self.batch_size}"]
+    parts += [self.mode, self.compute_dtype]
+    if self.stack_blocks:
+      parts.append("stacked")
+    if not self.weight_standardization:
+      parts.append("no-WS")
+    if self.frozen:
+      parts.append("frozen" if self.is_nf else "BN-folded")
+    if self.conv_impl != "xla":
+      parts.append(self.conv_impl)
+    return " ".join(parts)
+
+
+def check_case(case: Case) -> None:
+  """Raises ``ValueError`` naming the bad field and what is allowed."""
+  nfresnet.layout.check_choice("model", case.model_name, tuple(models.MODELS))
+  nfresnet.layout.check_choice("mode", case.mode, MODES)
+  nfresnet.layout.check_choice("compute_dtype", case.compute_dtype, tuple(COMPUTE_DTYPES))
+  nfresnet.layout.check_choice("depth", case.depth, tuple(nfresnet.layout.RESNET_DEPTHS))
+  nfresnet.layout.check_choice("stem", case.stem, nfresnet.layout.STEMS)
+  nfresnet.layout.check_choice("conv_impl", case.conv_impl, CONV_IMPLS)
+  if case.frozen and case.mode != "eval":
+    raise ValueError("frozen applies to --mode=eval only")
+  if case.frozen and case.model_name not in ("nf_resnet", "resnet_v2"):
+    raise ValueError(f"frozen supports nf_resnet and resnet_v2, not {case.model_name!r}")
+  nf_only = case.stack_blocks or not case.weight_standardization
+  if nf_only and not case.is_nf:
+    raise ValueError("stack_blocks and weight_standardization apply to nf_resnet only")
+  if case.batch_size <= 0 or case.batch_size % jax.device_count():
+    raise ValueError(
+      f"batch_size {case.batch_size} must be a positive multiple of {jax.device_count()} devices"
+    )
+
+
+def model_kwargs(case: Case, *, unrolled: bool = False) -> dict[str, Any]:
+  """Constructor kwargs; ``unrolled`` drops ``stack_blocks`` (same FLOPs, countable)."""
+  kwargs: dict[str, Any] = dict(num_classes=case.num_classes, depth=case.depth, stem=case.stem)
+  if case.is_nf:
+    kwargs["weight_standardization"] = case.weight_standardization
+    kwargs["stack_blocks"] = case.stack_blocks and not unrolled
+  return kwargs
+
+
+def forward_macs(case: Case) -> int:
+  """Multiply-accumulates of one forward pass per example (``nfresnet.count_flops``)."""
+  model_fn = models.make_model_fn(case.model_name, model_kwargs(case, unrolled=True))
+  shape = (1, case.resolution, case.resolution, 3)
+  return nfresnet.count_flops(lambda x: model_fn(x, False), shape)
+
+
+def step_flops(case: Case) -> float:
+  """FLOPs of one step: ``2 * MACs`` per example forward, 3x that for training."""
+  passes = 3 if case.mode == "train" else 1
+  return 2.0 * passes * forward_macs(case) * case.batch_size
+
+
+def transformed_model(case: Case) -> hk.TransformedWithState:
+  """The model as ``experiments.models`` builds it, under the frozen and conv contexts."""
+  model_fn = models.make_model_fn(case.model_name, model_kwargs(case))
+  frozen = nfresnet.frozen if case.is_nf else nfresnet.folded_batchnorm
+
+  def wrapped(x: jax.Array, is_training: bool) -> jax.Array:
+    with conv_context(case.conv_impl), frozen() if case.frozen else contextlib.nullcontext():
+      return model_fn(x, is_training)
+
+  return hk.transform_with_state(wrapped)
+
+
+def _optimizer() -> optax.GradientTransformation:
+  return optim.build_optimizer(base_config().optimizer, optax.constant_schedule(LEARNING_RATE))
+
+
+def _batch(case: Case, abstract: bool) -> dict[str, Any]:
+  shapes = {
+    "image": ((case.batch_size, case.resolution, case.resolution, 3), jnp.float32),
+    "label": ((case.batch_size,), jnp.int32),
+  }
+  if case.mode == "eval":
+    shapes["mask"] = ((case.batch_size,), jnp.bool_)
+  if abstract:
+    return {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()}
+  key = jax.random.key(1)
+  return {
+    "image": jax.random.normal(key, shapes["image"][0]),
+    "label": jax.random.randint(key, shapes["label"][0], 0, case.num_classes),
+    **({"mask": jnp.ones(shapes["mask"][0], jnp.bool_)} if "mask" in shapes else {}),
+  }
+
+
+def _init_state(case: Case) -> TrainState:
+  """Step-0 state; for frozen eval, parameters frozen or BatchNorm folded."""
+  live = hk.transform_with_state(models.make_model_fn(case.model_name, model_kwargs(case)))
+  optimizer = _optimizer() if case.mode == "train" else optax.identity()
+  sample = jnp.zeros((1, case.resolution, case.resolution, 3), jnp.float32)
+  state = init_train_state(live, optimizer, 0, sample, use_ema=False)
+  if not case.frozen:
+    return state
+  if case.is_nf:
+    return state._replace(params=nfresnet.freeze(state.params))
+  folded = nfresnet.fold_batchnorm(state.params, state.model_state)
+  return state._replace(params=folded, model_state={})
+
+
+@dataclasses.dataclass
+class Workload:
+  """A jitted step and its arguments.
+
+  Attributes:
+    step: ``step(state, batch)``; train steps return ``(state, metrics)`` and
+      donate the state.
+    abstract_args: shape/dtype/sharding-only ``(state, batch)`` for ``lower``.
+    make_args: builds concrete ``(state, batch)`` (initializes the model).
+  """
+
+  step: Callable[..., Any]
+  abstract_args: tuple[Any, Any]
+  make_args: Callable[[], tuple[Any, Any]]
+
+
+def build(case: Case) -> Workload:
+  """The jitted real step of ``case`` on a 1-D mesh over every device."""
+  check_case(case)
+  mesh = steps.make_mesh()
+  model = transformed_model(case)
+  dtype = COMPUTE_DTYPES[case.compute_dtype]
+  if case.mode == "train":
+    body = steps.train_step_body(
+      model,
+      _optimizer(),
+      optax.constant_schedule(LEARNING_RATE),
+      label_smoothing=0.1,
+      compute_dtype=dtype,
+      ema_decay=0.0,
+    )
+    step = steps.make_train_step(body, mesh)
+  else:
+    step = steps.make_eval_step(steps.eval_step_body(model, dtype), mesh)
+  replicated, sharded = steps.replicated_sharding(mesh), steps.batch_sharding(mesh)
+  init = jax.jit(lambda: _init_state(case), out_shardings=replicated)
+
+  def with_sharding(tree, sharding):
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)
+
+  abstract_state = with_sharding(jax.eval_shape(lambda: _init_state(case)), replicated)
+  abstract_batch = with_sharding(_batch(case, abstract=True), sharded)
+
+  def make_args():
+    batch = jax.device_put(_batch(case, abstract=False), sharded)
+    return init(), batch
+
+  return Workload(step, (abstract_state, abstract_batch), make_args)
