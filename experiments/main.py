@@ -14,12 +14,14 @@ non-finite loss exits with status 1.
 from __future__ import annotations
 
 import logging
-import sys
 
 from absl import flags
 from ml_collections import config_flags
 
-USAGE_ERROR = 2
+from experiments import cli
+from experiments.cli import fail
+
+USAGE_ERROR = cli.USAGE_ERROR
 TRAINING_ERROR = 1
 
 CONFIG = config_flags.DEFINE_config_file(
@@ -60,20 +62,6 @@ def main(argv: list[str]) -> int:
   return 0
 
 
-def fail(message: str, code: int) -> int:
-  """Prints ``error: <message>`` on one line to stderr.
-
-  Multi-line messages are joined; a message embedding a traceback (config files
-  that raise while loading) keeps only its final exception line.
-  """
-  parts = [part.strip() for part in str(message).splitlines() if part.strip()]
-  if any(part.startswith("Traceback (most recent call last)") for part in parts):
-    parts = [f"cannot load --config: {parts[-1]}"]
-  line = " ".join(parts)
-  print(f"error: {line or 'unknown error'}", file=sys.stderr, flush=True)
-  return code
-
-
 def flag_error_message(error: Exception) -> str:
   """The readable text of a flag-parsing error (config_flags wraps unknown fields in KeyError)."""
   while error.args and isinstance(error.args[0], KeyError):
@@ -85,11 +73,11 @@ def flag_error_message(error: Exception) -> str:
 
 def run() -> None:
   """Parses flags (one-line usage errors for bad flags or config files) and runs ``main``."""
-  try:
-    argv = flags.FLAGS(sys.argv)
-  except (flags.Error, ValueError, KeyError, AttributeError, TypeError, OSError) as error:
-    sys.exit(fail(flag_error_message(error), USAGE_ERROR))
-  sys.exit(main(argv))
+  cli.run(
+    main,
+    errors=(flags.Error, ValueError, KeyError, AttributeError, TypeError, OSError),
+    describe=flag_error_message,
+  )
 
 
 if __name__ == "__main__":

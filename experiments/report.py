@@ -25,15 +25,16 @@ import json
 import math
 import pathlib
 import statistics
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from absl import flags
 
+from experiments import cli
+from experiments.cli import fail
 from experiments.report_plot import label, plot_groups
 
-USAGE_ERROR = 2
+USAGE_ERROR = cli.USAGE_ERROR
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 STATUS_FILE = "sweep_status.json"  # Written by experiments.sweep.
@@ -367,17 +368,9 @@ def main(argv: list[str]) -> int:
   return 0
 
 
-def fail(message: str) -> int:
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  return USAGE_ERROR
-
-
 def run() -> None:
-  try:
-    argv = flags.FLAGS(sys.argv)
-  except flags.Error as error:
-    sys.exit(fail(str(error)))
-  sys.exit(main(argv))
+  """Parses flags (one-line errors for bad ones) and runs ``main``."""
+  cli.run(main)
 
 
 if __name__ == "__main__":

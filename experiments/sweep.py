@@ -38,10 +38,12 @@ from typing import Any
 import ml_collections
 from absl import flags
 
+from experiments import cli
+from experiments.cli import fail
 from experiments.configs import ConfigError
 from experiments.configs.sweeps import SweepEntry
 
-USAGE_ERROR = 2
+USAGE_ERROR = cli.USAGE_ERROR
 FAILED = 1
 STATUS_FILE = "sweep_status.json"
 LOG_FILE = "train.log"
@@ -258,18 +260,9 @@ def main(argv: list[str]) -> int:
   return 0 if ok else FAILED
 
 
-def fail(message: str) -> int:
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  return USAGE_ERROR
-
-
 def run() -> None:
   """Parses flags (one-line errors for bad ones) and runs ``main``."""
-  try:
-    argv = flags.FLAGS(sys.argv)
-  except flags.Error as error:
-    sys.exit(fail(str(error)))
-  sys.exit(main(argv))
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,42 @@
+"""Shared command-line plumbing: one-line ``error: ...`` messages and flag parsing.
+
+Every entry point (``experiments.main``, ``experiments.sweep``, ``experiments.report``)
+reports bad input as a single stderr line and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from absl import flags
+
+USAGE_ERROR = 2
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> int:
+  """Prints ``error: <message>`` on one line to stderr and returns ``code``.
+
+  Multi-line messages are joined; a message embedding a traceback (config files
+  that raise while loading) keeps only its final exception line.
+  """
+  parts = [part.strip() for part in str(message).splitlines() if part.strip()]
+  if any(part.startswith("Traceback (most recent call last)") for part in parts):
+    parts = [f"cannot load --config: {parts[-1]}"]
+  line = " ".join(parts)
+  print(f"error: {line or 'unknown error'}", file=sys.stderr, flush=True)
+  return code
+
+
+def run(
+  main: Callable[[list[str]], int],
+  errors: tuple[type[Exception], ...] = (flags.Error,),
+  describe: Callable[[Exception], str] = str,
+  argv: Sequence[str] | None = None,
+) -> None:
+  """Parses absl flags (bad flags: one line, exit 2), then exits with ``main(argv)``."""
+  try:
+    parsed = flags.FLAGS(list(sys.argv if argv is None else argv))
+  except errors as error:
+    sys.exit(fail(describe(error)))
+  sys.exit(main(parsed))
