@@ -49,8 +49,9 @@ class Case:
     weight_standardization: NF-ResNet only: False gives plain convs.
     frozen: eval only: NF with precomputed WS kernels (``nfresnet.freeze``),
       BN with BatchNorm folded (``nfresnet.fold_batchnorm``).
-    conv_impl: "xla" (``lax.conv`` everywhere) or "dot1x1" (1x1 convolutions
-      as ``jnp.dot``, ``benchmarks.conv_impl``).
+    conv_impl: "auto" (the library's per-convolution choice), "xla"
+      (``lax.conv`` everywhere) or "shifted_dots" (matrix products for every
+      ungrouped conv up to 3x3); see ``benchmarks.conv_impl``.
   """
 
   model: str = "nf_resnet"
@@ -64,7 +65,7 @@ class Case:
   stack_blocks: bool = False
   weight_standardization: bool = True
   frozen: bool = False
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   @property
   def model_name(self) -> str:
@@ -84,7 +85,7 @@ class Case:
       parts.append("no-WS")
     if self.frozen:
       parts.append("frozen" if self.is_nf else "BN-folded")
-    if self.conv_impl != "xla":
+    if self.conv_impl != "auto":
       parts.append(self.conv_impl)
     return " ".join(parts)
 

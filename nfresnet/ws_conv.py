@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nfresnet.conv_lowering import conv2d
+
 WS_EPSILON = 1e-4  # Floor on N * var(W), as in the reference.
 
 
@@ -35,24 +37,6 @@ def standardize_kernel(kernel: jax.Array, gain: jax.Array, eps: float = WS_EPSIL
   var = jnp.var(kernel, axis=(0, 1, 2), keepdims=True)
   scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * gain.astype(jnp.float32)
   return (kernel - mean) * scale
-
-
-def conv2d(
-  x: jax.Array,
-  kernel: jax.Array,
-  stride: int,
-  padding: str,
-  feature_group_count: int,
-) -> jax.Array:
-  """NHWC x HWIO convolution in the dtype of ``x``."""
-  return jax.lax.conv_general_dilated(
-    x,
-    kernel.astype(x.dtype),
-    window_strides=(stride, stride),
-    padding=padding,
-    dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    feature_group_count=feature_group_count,
-  )
 
 
 HE_NORMAL = hk.initializers.VarianceScaling(2.0, "fan_in", "normal")
@@ -108,10 +92,14 @@ class Conv2D(hk.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     out = conv2d(x, self.kernel(x.shape[-1]), self.stride, self.padding, self.feature_group_count)
-    if self.with_bias:
-      bias = hk.get_parameter("bias", (self.output_channels,), jnp.float32, init=jnp.zeros)
-      out = out + bias.astype(out.dtype)
-    return out
+    return self.add_bias(out)
+
+  def add_bias(self, out: jax.Array) -> jax.Array:
+    """``out`` plus the float32 ``bias`` parameter (cast to ``out.dtype``), if any."""
+    if not self.with_bias:
+      return out
+    bias = hk.get_parameter("bias", (self.output_channels,), jnp.float32, init=jnp.zeros)
+    return out + bias.astype(out.dtype)
 
 
 class WSConv2D(Conv2D):
