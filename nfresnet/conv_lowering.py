@@ -9,8 +9,12 @@ matrix products of shifted, strided views of the zero-padded input,
 ``out = sum_ij x_pad[:, i::s, j::s] @ W[i, j]`` (one product for a 1x1 kernel),
 and all of its gradients are then matrix products too. ``conv2d`` uses that
 form for those two cases, on CPU only (``jax.lax.platform_dependent``): GPU and
-TPU keep their native convolutions. Both forms compute the same sums; only the
-float summation order differs. Measurements: ``benchmarks/NOTES.md``.
+TPU keep their native convolutions. Inside loop bodies (the scanned blocks of
+``nfresnet.stacking``) XLA:CPU runs every convolution through its generic
+kernels, 10x slower at 56x56 than outside a loop, so ``loop_conv2d`` takes
+matrix products for every ungrouped convolution up to 3x3 there. Both forms
+compute the same sums; only the float summation order differs. Measurements:
+``benchmarks/NOTES.md``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import jax.numpy as jnp
 # 2x2 or 1x1 outputs 10-50x faster as products, at 3x3-4x4 outputs even, larger slower.
 SMALL_MAP_PIXELS = 4
 MAX_SHIFTED_KERNEL = 3
+PADDINGS = ("SAME", "VALID")
 
 
 def xla_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: str, groups: int) -> jax.Array:
@@ -71,7 +76,7 @@ def prefers_shifted_dots(
 ) -> bool:
   """Whether the CPU lowering of this convolution should be matrix products."""
   kh, kw = kernel_shape[:2]
-  if groups != 1 or padding not in ("SAME", "VALID") or max(kh, kw) > MAX_SHIFTED_KERNEL:
+  if groups != 1 or padding not in PADDINGS or max(kh, kw) > MAX_SHIFTED_KERNEL:
     return False
   if kh == kw == 1:
     return True
@@ -86,6 +91,18 @@ def conv2d(
   """NHWC x HWIO convolution in the dtype of ``x``, lowered per platform (module doc)."""
   native = functools.partial(xla_conv, stride=stride, padding=padding, groups=feature_group_count)
   if not prefers_shifted_dots(x.shape, kernel.shape, stride, padding, feature_group_count):
+    return native(x, kernel)
+  shifted = functools.partial(shifted_dots_conv, stride=stride, padding=padding)
+  return jax.lax.platform_dependent(x, kernel, cpu=shifted, default=native)
+
+
+def loop_conv2d(
+  x: jax.Array, kernel: jax.Array, stride: int, padding: str, feature_group_count: int
+) -> jax.Array:
+  """``conv2d`` for loop bodies: on CPU, matrix products whatever the map size."""
+  native = functools.partial(xla_conv, stride=stride, padding=padding, groups=feature_group_count)
+  kh, kw = kernel.shape[:2]
+  if feature_group_count != 1 or padding not in PADDINGS or max(kh, kw) > MAX_SHIFTED_KERNEL:
     return native(x, kernel)
   shifted = functools.partial(shifted_dots_conv, stride=stride, padding=padding)
   return jax.lax.platform_dependent(x, kernel, cpu=shifted, default=native)

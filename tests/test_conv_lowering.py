@@ -10,7 +10,13 @@ import pytest
 
 import nfresnet
 from benchmarks.conv_impl import CONV_IMPLS, conv_context
-from nfresnet.conv_lowering import conv2d, prefers_shifted_dots, shifted_dots_conv, xla_conv
+from nfresnet.conv_lowering import (
+  conv2d,
+  loop_conv2d,
+  prefers_shifted_dots,
+  shifted_dots_conv,
+  xla_conv,
+)
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 CASES = [  # (spatial size, Cin, Cout, kernel, stride, padding)
@@ -97,3 +103,13 @@ def test_forced_lowerings_match_library_choice(tiny_nf_logits, impl):
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+
+
+def test_loop_lowering_is_matrix_products_at_any_map_size():
+  x = jax.ShapeDtypeStruct((2, 16, 16, 8), jnp.float32)
+  w = jax.ShapeDtypeStruct((3, 3, 8, 8), jnp.float32)
+  text = jax.jit(lambda x, w: loop_conv2d(x, w, 1, "SAME", 1)).lower(x, w).as_text()
+  assert "convolution" not in text and "dot_general" in text
+  grouped = jax.ShapeDtypeStruct((3, 3, 2, 8), jnp.float32)
+  text = jax.jit(lambda x, w: loop_conv2d(x, w, 1, "SAME", 4)).lower(x, grouped).as_text()
+  assert "convolution" in text
