@@ -77,13 +77,19 @@ def goals_table(results: dict[str, Any]) -> list[str]:
     (
       "1. compile(600) / compile(50), train step",
       "<= 2.0",
-      f"unrolled {_ratio(c('compile_nf600_unrolled'), c('compile_nf50_unrolled'))}, "
+      f"unrolled {_ratio(c('compile_nf600_unrolled'), c('compile_nf50_unrolled'))} "
+      f"(288/50: {_ratio(c('compile_nf288_unrolled'), c('compile_nf50_unrolled'))}), "
       f"stacked {_ratio(c('compile_nf600_stacked'), c('compile_nf50_stacked'))}",
     ),
     (
       "1. stacked / unrolled NF-50 train step, 32 px b16 (runtime cost)",
       "-",
       _ratio(s("nf50_small_train_stacked"), s("nf50_small_train")),
+    ),
+    (
+      "1. stacked / unrolled NF-50 train step, 224 px b16 (runtime cost)",
+      "-",
+      _ratio(s("nf50_train_stacked"), s("nf50_train")),
     ),
     ("2. NF-50 / BN-50 train step", "<= 0.95", _ratio(s("nf50_train"), s("bn50_train"))),
     ("2. NF-18 / BN-18 train step (32 px)", "-", _ratio(s("nf18_train"), s("bn18_train"))),
@@ -94,12 +100,15 @@ def goals_table(results: dict[str, Any]) -> list[str]:
       _ratio(s("nf50_eval_frozen"), s("bn50_eval_folded")),
     ),
     ("3. NF-50 live eval / BN-50 eval", "-", _ratio(s("nf50_eval"), s("bn50_eval"))),
-    ("4. NF-50 train images/s, 224 px b16", "timm 6.4-6.8", fmt(ips("nf50_train"))),
-    ("4. NF-50 train images/s, 32 px b128", "timm 190-210", fmt(ips("nf50_32px_train"))),
     (
-      "4. same, convs as shifted matmuls (`conv_impl=shifted_dots`)",
+      "4. NF-50 train images/s, 224 px b16 (lax.conv only: `conv_impl=xla`)",
+      "timm 6.4-6.8",
+      f"{fmt(ips('nf50_train'))} ({fmt(ips('nf50_train_xla'))})",
+    ),
+    (
+      "4. NF-50 train images/s, 32 px b128 (lax.conv only: `conv_impl=xla`)",
       "timm 190-210",
-      fmt(ips("nf50_32px_train_shifted")),
+      f"{fmt(ips('nf50_32px_train'))} ({fmt(ips('nf50_32px_train_xla'))})",
     ),
     (
       "2. NF-50 / BN-50 train step, 32 px b128",
@@ -126,7 +135,8 @@ def markdown(payload: dict[str, Any]) -> str:
     f"jax {first.get('jax', '?')}; "
     f"XLA_FLAGS=`{first.get('xla_flags', '')}`.",
     f"Measured float32 matmul peak: {payload['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s. "
-    f"Suite wall time: {minutes:.1f} min. Command: `python -m benchmarks.suite`.",
+    f"Suite wall time: {minutes:.1f} min. Command: `python -m benchmarks.suite"
+    f"{' --full' if payload.get('full') else ''}`.",
     "",
     "Step time: median of timed steps after warm-up (each step waits for its result). "
     "FLOPs: `nfresnet.count_flops` MACs x 2 (x 3 for a training step). Load avg: 1-minute "
