@@ -20,7 +20,7 @@ from collections.abc import Callable
 import haiku as hk
 import jax
 
-from nfresnet.conv_lowering import MAX_SHIFTED_KERNEL, shifted_dots_conv, xla_conv
+from nfresnet.conv_lowering import products_apply, shifted_dots_conv, xla_conv
 from nfresnet.ws_conv import Conv2D
 
 CONV_IMPLS = ("auto", "xla", "shifted_dots")
@@ -32,7 +32,7 @@ def _xla(conv: Conv2D, x: jax.Array) -> jax.Array:
 
 
 def _shifted(conv: Conv2D, x: jax.Array) -> jax.Array:
-  if conv.feature_group_count != 1 or max(conv.kernel_shape) > MAX_SHIFTED_KERNEL:
+  if not products_apply(conv.kernel_shape, conv.padding, conv.feature_group_count):
     return _xla(conv, x)
   return conv.add_bias(shifted_dots_conv(x, conv.kernel(x.shape[-1]), conv.stride, conv.padding))
 

@@ -71,13 +71,18 @@ def shifted_dots_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: str
   return out
 
 
+def products_apply(kernel_shape: tuple[int, ...], padding: str, groups: int) -> bool:
+  """Whether the matrix-product form exists: ungrouped, SAME/VALID, kernel up to 3x3."""
+  return groups == 1 and padding in PADDINGS and max(kernel_shape[:2]) <= MAX_SHIFTED_KERNEL
+
+
 def prefers_shifted_dots(
   x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: str, groups: int
 ) -> bool:
-  """Whether the CPU lowering of this convolution should be matrix products."""
-  kh, kw = kernel_shape[:2]
-  if groups != 1 or padding not in PADDINGS or max(kh, kw) > MAX_SHIFTED_KERNEL:
+  """Whether the CPU lowering of this convolution (outside loops) should be products."""
+  if not products_apply(kernel_shape, padding, groups):
     return False
+  kh, kw = kernel_shape[:2]
   if kh == kw == 1:
     return True
   ho = output_size_and_padding(x_shape[1], kh, stride, padding)[0]
@@ -85,24 +90,27 @@ def prefers_shifted_dots(
   return ho * wo <= SMALL_MAP_PIXELS
 
 
+def _lowered(
+  x: jax.Array, kernel: jax.Array, stride: int, padding: str, groups: int, products_on_cpu: bool
+) -> jax.Array:
+  native = functools.partial(xla_conv, stride=stride, padding=padding, groups=groups)
+  if not products_on_cpu:
+    return native(x, kernel)
+  shifted = functools.partial(shifted_dots_conv, stride=stride, padding=padding)
+  return jax.lax.platform_dependent(x, kernel, cpu=shifted, default=native)
+
+
 def conv2d(
   x: jax.Array, kernel: jax.Array, stride: int, padding: str, feature_group_count: int
 ) -> jax.Array:
   """NHWC x HWIO convolution in the dtype of ``x``, lowered per platform (module doc)."""
-  native = functools.partial(xla_conv, stride=stride, padding=padding, groups=feature_group_count)
-  if not prefers_shifted_dots(x.shape, kernel.shape, stride, padding, feature_group_count):
-    return native(x, kernel)
-  shifted = functools.partial(shifted_dots_conv, stride=stride, padding=padding)
-  return jax.lax.platform_dependent(x, kernel, cpu=shifted, default=native)
+  products = prefers_shifted_dots(x.shape, kernel.shape, stride, padding, feature_group_count)
+  return _lowered(x, kernel, stride, padding, feature_group_count, products)
 
 
 def loop_conv2d(
   x: jax.Array, kernel: jax.Array, stride: int, padding: str, feature_group_count: int
 ) -> jax.Array:
   """``conv2d`` for loop bodies: on CPU, matrix products whatever the map size."""
-  native = functools.partial(xla_conv, stride=stride, padding=padding, groups=feature_group_count)
-  kh, kw = kernel.shape[:2]
-  if feature_group_count != 1 or padding not in PADDINGS or max(kh, kw) > MAX_SHIFTED_KERNEL:
-    return native(x, kernel)
-  shifted = functools.partial(shifted_dots_conv, stride=stride, padding=padding)
-  return jax.lax.platform_dependent(x, kernel, cpu=shifted, default=native)
+  products = products_apply(kernel.shape, padding, feature_group_count)
+  return _lowered(x, kernel, stride, padding, feature_group_count, products)
