@@ -9,7 +9,7 @@ benchmarks.throughput --json``, so peak memory is per case and XLA flags come
 from the environment), then writes ``<out_dir>/<machine>.json`` (every
 measurement) and ``<out_dir>/<machine>.md`` (the tables and the goal summary).
 ``--full`` adds ``FULL_ONLY``: compiling the unrolled depth-600 step, which alone
-takes 3-4 minutes on 2 CPU cores (the suite without it: about 10 minutes).
+takes 3-4 minutes on 2 CPU cores (the suite without it: about 13 minutes).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ import numpy as np
 from nfresnet.blocks import ResidualBlock
 from nfresnet.conv_lowering import loop_conv2d
 from nfresnet.layout import BlockSpec
-from nfresnet.ws_conv import Conv2D
+from nfresnet.ws_conv import lowering_override
 
 BlockFactory = Callable[[BlockSpec], ResidualBlock]
 
@@ -82,15 +82,6 @@ def _draws_keys(run: Sequence[BlockSpec], is_training: bool) -> bool:
   return all(draws)
 
 
-def _loop_convs(method, args, kwargs, context):
-  """Interceptor: every ``Conv2D`` call lowered by ``loop_conv2d`` (same parameters)."""
-  if context.method_name != "__call__" or not isinstance(context.module, Conv2D):
-    return method(*args, **kwargs)
-  conv, (x,) = context.module, args
-  kernel = conv.kernel(x.shape[-1])
-  return conv.add_bias(loop_conv2d(x, kernel, conv.stride, conv.padding, conv.feature_group_count))
-
-
 def _scan_blocks(
   make_block: BlockFactory, run: Sequence[BlockSpec], h: jax.Array, is_training: bool
 ) -> jax.Array:
@@ -100,7 +91,7 @@ def _scan_blocks(
 
   def one_block(x: jax.Array, beta, rate) -> jax.Array:
     spec = dataclasses.replace(template, beta=beta, stochdepth_rate=rate)
-    with hk.intercept_methods(_loop_convs):  # Fast convs inside the scan on CPU.
+    with lowering_override(loop_conv2d):  # Fast convs inside the scan on CPU.
       return make_block(spec)(x, is_training)
 
   block = hk.transform(one_block)

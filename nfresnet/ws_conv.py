@@ -8,7 +8,8 @@ is cancelled exactly, and ``sum_j W_hat_ij^2 = gain_i^2``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 
 import haiku as hk
 import jax
@@ -38,6 +39,9 @@ def standardize_kernel(kernel: jax.Array, gain: jax.Array, eps: float = WS_EPSIL
   scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * gain.astype(jnp.float32)
   return (kernel - mean) * scale
 
+
+# ``(x, kernel, stride, padding, feature_group_count) -> output``, e.g. ``conv2d``.
+Lowering = Callable[[jax.Array, jax.Array, int, str, int], jax.Array]
 
 HE_NORMAL = hk.initializers.VarianceScaling(2.0, "fan_in", "normal")
 FAN_IN_NORMAL = hk.initializers.VarianceScaling(1.0, "fan_in", "normal")
@@ -91,11 +95,11 @@ class Conv2D(hk.Module):
     return self.raw_kernel(input_channels)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    out = conv2d(x, self.kernel(x.shape[-1]), self.stride, self.padding, self.feature_group_count)
-    return self.add_bias(out)
+    return self.lowered(x, conv2d)
 
-  def add_bias(self, out: jax.Array) -> jax.Array:
-    """``out`` plus the float32 ``bias`` parameter (cast to ``out.dtype``), if any."""
+  def lowered(self, x: jax.Array, lowering: Lowering) -> jax.Array:
+    """``lowering(x, kernel, stride, padding, groups)`` plus the float32 bias, if any."""
+    out = lowering(x, self.kernel(x.shape[-1]), self.stride, self.padding, self.feature_group_count)
     if not self.with_bias:
       return out
     bias = hk.get_parameter("bias", (self.output_channels,), jnp.float32, init=jnp.zeros)
@@ -139,3 +143,19 @@ class WSConv2D(Conv2D):
     w = self.raw_kernel(input_channels)
     gain = hk.get_parameter("gain", (self.output_channels,), jnp.float32, init=jnp.ones)
     return standardize_kernel(w, gain, self.eps)
+
+
+def lowering_override(lowering: Lowering) -> contextlib.AbstractContextManager:
+  """Inside, every ``Conv2D``/``WSConv2D`` call computes with ``lowering``.
+
+  Same parameters and kernel (standardized, or frozen under ``nfresnet.frozen``);
+  only how the convolution is computed changes. ``nfresnet.stacking`` uses it
+  inside its scans, the benchmarks to force one lowering.
+  """
+
+  def interceptor(method, args, kwargs, context):
+    if context.method_name != "__call__" or not isinstance(context.module, Conv2D):
+      return method(*args, **kwargs)
+    return context.module.lowered(*args, lowering=lowering, **kwargs)
+
+  return hk.intercept_methods(interceptor)
