@@ -58,7 +58,8 @@ __all__ = [
 
 GAUSSIAN = "gaussian"
 DATASET_INPUTS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic")
-NF_600 = "depth=600,skip_gain_init=1"
+NF_600 = "depth=600,skip_gain_init=1,stem=imagenet_no_pool"
+BN_600 = "depth=600,order=relu_bn,stem=imagenet_no_pool"
 FIGURES: Mapping[str, tuple[str, tuple[tuple[str, str], ...]]] = {
   "1": (
     "BN ResNet-V2-600 at initialization",
@@ -72,7 +73,7 @@ FIGURES: Mapping[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     (
       ("NF, He init", f"nf_he:{NF_600}"),
       ("NF, Scaled WS", f"nf_resnet:{NF_600}"),
-      ("BN, ReLU-BN-Conv", "resnetv2:depth=600,order=relu_bn"),
+      ("BN, ReLU-BN-Conv", f"resnetv2:{BN_600}"),
     ),
   ),
   "silu": (
@@ -80,7 +81,7 @@ FIGURES: Mapping[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     (
       ("NF, He init, SiLU", f"nf_he:{NF_600},activation=silu"),
       ("NF, Scaled WS, SiLU", f"nf_resnet:{NF_600},activation=silu"),
-      ("BN, ReLU-BN-Conv", "resnetv2:depth=600,order=relu_bn"),
+      ("BN, ReLU-BN-Conv", f"resnetv2:{BN_600}"),
     ),
   ),
 }
@@ -202,7 +203,7 @@ def measure_all(choices: Sequence[Choice], inputs: np.ndarray, seed: int) -> lis
     result = nfresnet.signal_propagation(
       m.model_fn, inputs, rng=jax.random.key(seed), params=m.params, state=m.state, devices=devices
     )
-    runs.append(SPPRun(m.label, m.spec, m.kwargs, result, m.analytic))
+    runs.append(SPPRun(m.label, m.spec, m.kwargs, result, m.analytic, m.mean_field))
   return runs
 
 

@@ -62,6 +62,7 @@ class Measurement:
   analytic: np.ndarray | None
   params: hk.Params | None = None
   state: hk.State | None = None
+  mean_field: Mapping[str, np.ndarray] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +84,12 @@ class ModelChoice:
     return lambda x: entry.constructor(NUM_CLASSES, **kwargs)(x, entry.batch_norm)
 
   def measurements(self) -> list[Measurement]:
-    return [Measurement(self.label, self.spec, self.kwargs, self.model_fn(), self.analytic())]
+    mean_field = mean_field_curves(self.entry.constructor, self.kwargs)
+    return [
+      Measurement(
+        self.label, self.spec, self.kwargs, self.model_fn(), self.analytic(), mean_field=mean_field
+      )
+    ]
 
   def analytic(self) -> np.ndarray | None:
     """The NF variance curve for Scaled-WS NF-ResNets, else None."""
@@ -109,6 +115,22 @@ def analytic_curve(constructor, kwargs: Mapping[str, Any]) -> np.ndarray | None:
   if constructor is not nfresnet.NFResNet or not full["weight_standardization"]:
     return None
   return nfresnet.expected_signal_variance(full["depth"], full["alpha"])
+
+
+def mean_field_curves(constructor, kwargs: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
+  """``nfresnet.mean_field_signal_variance`` where it differs from the analytic curve.
+
+  Scaled-WS NF-ResNets with a named activation that is not positively
+  homogeneous (SiLU, GELU, ...); None otherwise (ReLU: the same curve).
+  """
+  full = _full_kwargs(constructor, kwargs)
+  analytic = analytic_curve(constructor, kwargs)
+  if analytic is None or not isinstance(full["activation"], str):
+    return None
+  curves = nfresnet.mean_field_signal_variance(
+    full["depth"], full["activation"], alpha=full["alpha"]
+  )
+  return None if np.allclose(curves["avg_var"], analytic, rtol=1e-6) else curves
 
 
 def downsampling(constructor, kwargs: Mapping[str, Any]) -> int:

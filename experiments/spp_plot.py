@@ -3,9 +3,11 @@
 ``plot_spp`` draws the paper's three panels (average channel squared mean,
 average channel variance, residual average channel variance) against the block
 index, marks the stage ends and draws the analytic NF variance ``1 + k * alpha^2``
-as a dashed line for models that have one. matplotlib is imported inside
-``plot_spp`` only, which builds a ``matplotlib.figure.Figure`` without pyplot: it
-never changes the backend, so it works the same in scripts and notebooks.
+as a dashed line for models that have one, and the mean-field prediction
+(``nfresnet.mean_field_signal_variance``) as a dotted line where it differs.
+matplotlib is imported inside ``plot_spp`` only, which builds a
+``matplotlib.figure.Figure`` without pyplot: it never changes the backend, so it
+works the same in scripts and notebooks.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ CSV_COLUMNS = (
   "avg_var",
   "residual_var",
   "analytic_var",
+  "mean_field_var",
+  "mean_field_residual_var",
 )
 
 
@@ -65,6 +69,8 @@ class SPPRun:
     kwargs: constructor keyword arguments.
     result: ``nfresnet.signal_propagation`` output.
     analytic: the NF variance curve, or None for models without one.
+    mean_field: ``avg_var`` and ``residual_var`` predicted by the mean-field
+      recursion, or None where it equals the analytic curve or does not apply.
   """
 
   label: str
@@ -72,6 +78,7 @@ class SPPRun:
   kwargs: Mapping[str, Any]
   result: Mapping[str, np.ndarray]
   analytic: np.ndarray | None = None
+  mean_field: Mapping[str, np.ndarray] | None = None
 
 
 def plot_spp(
@@ -102,6 +109,10 @@ def plot_spp(
       axes[1].plot(
         blocks, run.analytic, "--", color="black", linewidth=1.0, label="NF analytic 1 + k alpha^2"
       )
+    if run.mean_field is not None:
+      for ax, key in ((axes[1], "avg_var"), (axes[2], "residual_var")):
+        label = f"{run.label}: mean field"
+        ax.plot(blocks, run.mean_field[key], ":", color=color, linewidth=1.6, label=label)
   if runs:
     for end in runs[0].result["stage_ends"][:-1]:
       for ax in axes:
@@ -145,6 +156,8 @@ def run_record(run: SPPRun) -> dict[str, Any]:
   for key in ARRAY_KEYS + SCALAR_KEYS:
     record[key] = _jsonable(run.result[key])
   record["analytic_var"] = None if run.analytic is None else run.analytic.tolist()
+  mean_field = run.mean_field or {}
+  record["mean_field"] = {k: np.asarray(v).tolist() for k, v in mean_field.items()} or None
   return record
 
 
@@ -161,8 +174,8 @@ def write_csv(runs: Sequence[SPPRun], path: str | pathlib.Path) -> None:
     writer.writerow(CSV_COLUMNS)
     for run in runs:
       r = run.result
+      curves = [run.analytic] + [(run.mean_field or {}).get(k) for k in ("avg_var", "residual_var")]
       for i, name in enumerate(r["block_names"]):
-        analytic = "" if run.analytic is None else f"{run.analytic[i]:.6g}"
         row = [run.label, i, str(name), int(r["stage"][i])]
         row += [f"{float(r[key][i]):.6g}" for key in ("avg_sq_mean", "avg_var", "residual_var")]
-        writer.writerow(row + [analytic])
+        writer.writerow(row + ["" if c is None else f"{c[i]:.6g}" for c in curves])

@@ -21,6 +21,7 @@ from nfresnet.blocks import (
 from nfresnet.counting import count_flops, count_params
 from nfresnet.freeze import fold_batchnorm, folded_batchnorm, freeze, frozen
 from nfresnet.layout import BlockSpec, block_specs, expected_variances, resnet_specs
+from nfresnet.mean_field import mean_field_signal_variance
 from nfresnet.nf_regnet import NF_REGNET_VARIANTS, NFRegNet, NFRegNetBlock
 from nfresnet.nf_resnet import NFResNet
 from nfresnet.signal_propagation import (
@@ -70,6 +71,7 @@ __all__ = [
   "expected_variances",
   "gamma",
   "gaussian_moments",
+  "mean_field_signal_variance",
   "get_activation",
   "register_activation",
   "resnet_specs",

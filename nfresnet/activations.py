@@ -111,12 +111,12 @@ def _quadrature_rule() -> tuple[np.ndarray, np.ndarray]:
   return x, w * density
 
 
-def gaussian_moments(activation: ActivationLike) -> tuple[float, float]:
-  """Mean and variance of ``g(x)`` for ``x ~ N(0, 1)``, by quadrature in float64."""
+def gaussian_moments(activation: ActivationLike, std: float = 1.0) -> tuple[float, float]:
+  """Mean and variance of ``g(x)`` for ``x ~ N(0, std^2)``, by quadrature in float64."""
   fn = get_activation(activation)
   x, w = _quadrature_rule()
   with jax.ensure_compile_time_eval(), jax.enable_x64(True):
-    values = np.asarray(fn(jnp.asarray(x, dtype=jnp.float64)), dtype=np.float64)
+    values = np.asarray(fn(jnp.asarray(std * x, dtype=jnp.float64)), dtype=np.float64)
   mean = float(np.sum(w * values))
   variance = float(np.sum(w * (values - mean) ** 2))
   return mean, variance

@@ -95,7 +95,7 @@ class ResNetV2(hk.Module):
     bn_decay: BatchNorm moving-average decay.
     cross_replica_axis: mapped axis name for cross-replica BN statistics; None
       keeps per-device statistics (the paper's baseline).
-    stem: "imagenet" or "cifar".
+    stem: one of ``nfresnet.layout.STEMS`` (see ``resnet_stem``).
     dropout_rate: dropout before the classifier (training only).
     name: module name.
   """

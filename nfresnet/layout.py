@@ -28,7 +28,7 @@ STAGE_WIDTHS = {"bottleneck": (256, 512, 1024, 2048), "basic": (64, 128, 256, 51
 STAGE_STRIDES = (1, 2, 2, 2)
 STEM_WIDTH = 64
 BOTTLENECK_EXPANSION = 4
-STEMS = ("imagenet", "cifar")
+STEMS = ("imagenet", "imagenet_no_pool", "cifar")
 
 
 @dataclasses.dataclass(frozen=True)

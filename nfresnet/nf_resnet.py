@@ -13,7 +13,7 @@ from nfresnet.activations import ActivationLike, get_activation, scaled_activati
 from nfresnet.blocks import NF_BLOCKS, ConvFactory, ResidualBlock
 from nfresnet.layout import STEMS, check_choice, resnet_specs
 from nfresnet.stacking import stacked_blocks
-from nfresnet.ws_conv import Conv2D, WSConv2D
+from nfresnet.ws_conv import FAN_IN_NORMAL, Conv2D, WSConv2D
 
 CLASSIFIER_INIT = hk.initializers.RandomNormal(0.01)
 
@@ -23,10 +23,15 @@ def resnet_stem(
 ) -> jax.Array:
   """ImageNet stem (7x7 stride-2 conv, 3x3 stride-2 max pool) or CIFAR stem (3x3 conv).
 
-  No activation follows the conv: every block pre-activates its input.
+  ``imagenet_no_pool`` is a 7x7 stride-4 conv: the ImageNet stem's output size
+  without the max pool, whose positive channel means a network without Scaled
+  WS cannot remove (the He-init signal-propagation networks). No activation
+  follows the conv: every block pre-activates its input.
   """
   if stem == "cifar":
     return conv(channels, 3, stride=1, name="stem", **conv_kwargs)(x)
+  if stem == "imagenet_no_pool":
+    return conv(channels, 7, stride=4, name="stem", **conv_kwargs)(x)
   x = conv(channels, 7, stride=2, name="stem", **conv_kwargs)(x)
   return hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding="SAME")
 
@@ -62,9 +67,13 @@ class NFResNet(hk.Module):
     dropout_rate: dropout before the classifier (training only).
     use_se: squeeze-excite on every branch.
     se_ratio: squeeze-excite hidden width as a fraction of the channels.
-    stem: "imagenet" or "cifar" (3x3 stride 1, no pooling, for small images).
+    stem: "imagenet", "imagenet_no_pool" (7x7 stride-4 conv, no max pool) or
+      "cifar" (3x3 stride 1, no pooling, for small images).
     weight_standardization: False gives the paper's "NF, He init" network
-      (plain He-normal convs, activations not gamma-scaled).
+      (plain He-normal convs, activations not gamma-scaled). Its stem conv
+      follows He et al.'s first-layer rule, variance 1 / fan-in (no ReLU
+      precedes it), so the stem output has the unit variance beta_0 = 1
+      assumes, as the Scaled WS stem (gain 1) does.
     reference_gammas: use the reference code's hard-coded gammas.
     rescale_stochdepth: divide kept branches by the keep probability.
     avg_down: ResNet-D average-pool downsampling in transition shortcuts.
@@ -106,6 +115,9 @@ class NFResNet(hk.Module):
     self.stem = stem
     self.dropout_rate = dropout_rate
     self.conv: ConvFactory = WSConv2D if weight_standardization else Conv2D
+    self.stem_conv: ConvFactory = (
+      WSConv2D if weight_standardization else functools.partial(Conv2D, w_init=FAN_IN_NORMAL)
+    )
     self.activation: Callable[[jax.Array], jax.Array] = (
       scaled_activation(activation, reference=reference_gammas)
       if weight_standardization
@@ -125,7 +137,7 @@ class NFResNet(hk.Module):
     )
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
-    h = resnet_stem(x, self.stem, self.stem_width, self.conv)
+    h = resnet_stem(x, self.stem, self.stem_width, self.stem_conv)
     make_block = functools.partial(self.block_cls, **self.block_kwargs)
     if self.stack_blocks:
       h = stacked_blocks(make_block, self.specs, h, is_training)

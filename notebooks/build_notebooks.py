@@ -220,7 +220,8 @@ common = dict(depth=DEPTH, width=WIDTH, stem="cifar")""",
 
 - **NF, Scaled WS**: the NF-ResNet with skip gains set to 1 (the paper's SPP
   setting; training starts them at 0).
-- **NF, He init**: the same network with plain He-normal convs and unscaled ReLUs.
+- **NF, He init**: the same network with plain He-normal convs (a unit-gain stem
+  conv, He et al.'s first-layer rule) and unscaled ReLUs.
 - **BN, ReLU-BN-Conv**: ResNet-V2 with BatchNorm on batch statistics
   (`is_training=True`).
 

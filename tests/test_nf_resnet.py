@@ -8,6 +8,7 @@ import pytest
 
 import nfresnet as nf
 from nfresnet.layout import RESNET_DEPTHS
+from nfresnet.nf_resnet import resnet_stem
 
 
 def _param_shapes(model_fn, shape):
@@ -23,6 +24,24 @@ def test_output_shape_every_depth_and_stem(depth, stem, resolution):
   params = jax.eval_shape(f.init, jax.random.key(0), x)
   out = jax.eval_shape(f.apply, params, jax.random.key(1), x)
   assert out.shape == (2, 7) and out.dtype == jnp.float32
+
+
+def test_no_pool_stem_matches_imagenet_map_size():
+  x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+  for stem in ("imagenet", "imagenet_no_pool"):
+    f = hk.transform(lambda x, stem=stem: resnet_stem(x, stem, 8, nf.WSConv2D))
+    out = jax.eval_shape(f.apply, jax.eval_shape(f.init, jax.random.key(0), x), None, x)
+    assert out.shape == (2, 16, 16, 8), stem
+
+
+def test_he_init_network_stem_has_unit_gain():
+  # He et al.'s first-layer rule: no ReLU precedes the stem, so Var(w) = 1 / fan-in.
+  f = hk.transform(lambda x: nf.NFResNet(10, 26, weight_standardization=False)(x, False))
+  params = f.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  stem = params["nf_resnet/stem"]["w"]
+  assert float(jnp.std(stem)) * np.sqrt(7 * 7 * 3) == pytest.approx(1.0, rel=0.03)
+  conv = params["nf_resnet/stage1_block1/conv0"]["w"]
+  assert float(jnp.std(conv)) * np.sqrt(64) == pytest.approx(np.sqrt(2.0), rel=0.03)
 
 
 def test_nf_resnet50_parameter_count_matches_reference():
@@ -87,7 +106,7 @@ def test_classifier_init_and_dropout_only_in_training():
 
 
 def test_invalid_arguments_raise_listing_allowed():
-  with pytest.raises(ValueError, match="unknown stem 'tiny'; allowed: imagenet, cifar"):
+  with pytest.raises(ValueError, match="unknown stem 'tiny'; allowed: imagenet, imagenet_no_pool"):
     hk.transform(lambda: nf.NFResNet(10, stem="tiny")).init(None)
   with pytest.raises(ValueError, match="unknown activation"):
     hk.transform(lambda: nf.NFResNet(10, activation="rellu")).init(None)

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import spp
+import nfresnet
+from experiments import spp, spp_models
 
 TINY = "depth=18,width=0.125,stem=cifar"
 
@@ -38,6 +39,13 @@ def test_registry_defaults_and_analytic_curve():
   he = spp.parse_model_spec("nf_he:depth=50")
   assert he.kwargs["weight_standardization"] is False and he.kwargs["skip_gain_init"] == 1.0
   assert he.analytic() is None
+  relu, silu = (spp.parse_model_spec(f"nf_resnet:activation={g}") for g in ("relu", "silu"))
+  assert spp_models.mean_field_curves(relu.entry.constructor, relu.kwargs) is None
+  curves = spp_models.mean_field_curves(silu.entry.constructor, silu.kwargs)
+  assert curves["avg_var"][-1] > 1.01 * silu.analytic()[-1]
+  for figure in ("2", "silu"):  # Figure 2's stem has no max pool (docs/signal_propagation.md).
+    for _, model in spp.FIGURES[figure][1]:
+      assert spp.parse_model_spec(model).kwargs["stem"] == "imagenet_no_pool", model
   nf = spp.parse_model_spec("nf_resnet:depth=26,alpha=0.1")
   np.testing.assert_allclose(nf.analytic()[:3], [1.01, 1.02, 1.01])
   assert spp.parse_model_spec("resnetv2:depth=50").entry.batch_norm
@@ -50,7 +58,7 @@ def test_registry_defaults_and_analytic_curve():
 def outputs(tmp_path_factory):
   out = tmp_path_factory.mktemp("spp")
   argv = [
-    f"--models=nf_resnet:{TINY},skip_gain_init=1",
+    f"--models=nf_resnet:{TINY},skip_gain_init=1,activation=silu",
     f"--models=resnetv2:{TINY},order=relu_bn",
     "--resolution=16",
     "--batch_size=4",
@@ -69,13 +77,17 @@ def test_writes_png_json_csv(outputs):
   assert settings["input"] == "gaussian" and settings["input_shape"] == [4, 16, 16, 3]
   assert settings["jax_version"]
   nf, bn = payload["models"]
-  assert nf["spec"] == f"nf_resnet:{TINY},skip_gain_init=1" and nf["kwargs"]["depth"] == 18
+  assert nf["spec"] == f"nf_resnet:{TINY},skip_gain_init=1,activation=silu"
+  assert nf["kwargs"]["depth"] == 18
   for model in (nf, bn):
     for key in ("avg_sq_mean", "avg_var", "residual_var", "block_names", "expected_var"):
       assert len(model[key]) == 8, key
     assert model["stage_ends"] == [1, 3, 5, 7]
   assert nf["analytic_var"] == pytest.approx([1.04, 1.08] * 4)
-  assert bn["analytic_var"] is None
+  assert bn["analytic_var"] is None and bn["mean_field"] is None
+  silu = nfresnet.mean_field_signal_variance(18, "silu")
+  assert nf["mean_field"]["avg_var"] == pytest.approx(silu["avg_var"].tolist())
+  assert nf["mean_field"]["residual_var"] == pytest.approx(silu["residual_var"].tolist())
   # ReLU-BN-Conv with batch statistics: channel means near zero (SPEC section 5) on the
   # 16 px maps of stage 1; the 2 px maps of stage 4 leave 16 samples per channel.
   assert max(bn["avg_sq_mean"][:2]) < 0.01
@@ -83,7 +95,8 @@ def test_writes_png_json_csv(outputs):
     rows = list(csv.DictReader(f))
   assert len(rows) == 16
   assert float(rows[0]["avg_var"]) == pytest.approx(nf["avg_var"][0], rel=1e-5)
-  assert rows[8]["analytic_var"] == ""
+  assert rows[8]["analytic_var"] == "" and rows[8]["mean_field_var"] == ""
+  assert float(rows[7]["mean_field_residual_var"]) == pytest.approx(silu["residual_var"][7], 1e-5)
 
 
 @pytest.mark.parametrize(
