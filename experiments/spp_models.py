@@ -121,11 +121,14 @@ def mean_field_curves(constructor, kwargs: Mapping[str, Any]) -> dict[str, np.nd
   """``nfresnet.mean_field_signal_variance`` where it differs from the analytic curve.
 
   Scaled-WS NF-ResNets with a named activation that is not positively
-  homogeneous (SiLU, GELU, ...); None otherwise (ReLU: the same curve).
+  homogeneous (SiLU, GELU, ...); None otherwise (ReLU: the same curve), and
+  for squeeze-excite or reference-gamma models, which the recursion does not model.
   """
   full = _full_kwargs(constructor, kwargs)
   analytic = analytic_curve(constructor, kwargs)
-  if analytic is None or not isinstance(full["activation"], str):
+  if analytic is None or full["use_se"] or full["reference_gammas"]:
+    return None
+  if not isinstance(full["activation"], str):
     return None
   curves = nfresnet.mean_field_signal_variance(
     full["depth"], full["activation"], alpha=full["alpha"]

@@ -43,6 +43,9 @@ def test_registry_defaults_and_analytic_curve():
   assert spp_models.mean_field_curves(relu.entry.constructor, relu.kwargs) is None
   curves = spp_models.mean_field_curves(silu.entry.constructor, silu.kwargs)
   assert curves["avg_var"][-1] > 1.01 * silu.analytic()[-1]
+  for extra in ("use_se=true", "reference_gammas=true"):
+    other = spp.parse_model_spec(f"nf_resnet:activation=silu,{extra}")
+    assert spp_models.mean_field_curves(other.entry.constructor, other.kwargs) is None, extra
   for figure in ("2", "silu"):  # Figure 2's stem has no max pool (docs/signal_propagation.md).
     for _, model in spp.FIGURES[figure][1]:
       assert spp.parse_model_spec(model).kwargs["stem"] == "imagenet_no_pool", model
