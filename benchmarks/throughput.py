@@ -29,6 +29,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -117,18 +118,28 @@ def measure(
   return result
 
 
-def _time_steps(case: Case, built, compiled, steps: int, warmup: int) -> dict[str, Any]:
+def stepper(case: Case, built, compiled) -> Callable[[], float]:
+  """A function running one step of ``compiled`` (threading the train state) and timing it."""
   state, batch = built.make_args()
-  times = []
-  for i in range(warmup + steps):
+
+  def step() -> float:
+    nonlocal state
     start = time.perf_counter()
     if case.mode == "train":
       state, out = compiled(state, batch)
     else:
       out = compiled(state, batch)
     jax.block_until_ready(out)
-    if i >= warmup:
-      times.append(time.perf_counter() - start)
+    return time.perf_counter() - start
+
+  return step
+
+
+def _time_steps(case: Case, built, compiled, steps: int, warmup: int) -> dict[str, Any]:
+  step = stepper(case, built, compiled)
+  for _ in range(warmup):
+    step()
+  times = [step() for _ in range(steps)]
   median = statistics.median(times)
   return {
     "step_times_s": times,
