@@ -160,7 +160,9 @@ def format_result(r: dict[str, Any]) -> str:
   return line + f", peak memory {r['peak_memory_mib']:.0f} MiB"
 
 
-class _Parser(argparse.ArgumentParser):
+class UsageParser(argparse.ArgumentParser):
+  """argparse with one-line errors and exit status 2 (shared by the benchmark CLIs)."""
+
   def error(self, message: str) -> None:  # One line, exit status 2.
     print(f"error: {message}", file=sys.stderr)
     sys.exit(USAGE_ERROR)
@@ -175,7 +177,7 @@ def _bool(value: str) -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  p = _Parser(prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0])
+  p = UsageParser(prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0])
   defaults = Case()
   p.add_argument("--model", default=defaults.model)
   p.add_argument("--depth", type=int, default=defaults.depth)
