@@ -16,13 +16,22 @@ EXPERIMENTS = [
   "tqdm>=4.66",
   "tensorboardX>=2.6.2",
 ]
-TEST = EXPERIMENTS + [
-  "pytest>=8.0",
-  "ruff>=0.6",
-  "nbclient>=0.10",
-  "nbformat>=5.10",
-  "ipykernel>=6.29",
-]
+WEIGHTS = ["safetensors>=0.4"]  # nfresnet.weights: timm checkpoints and our exports.
+# Side environment that writes the timm test fixtures (benchmarks/make_timm_fixtures.py);
+# never a dependency of the package.
+PEERS = ["torch>=2.5", "timm>=1.0", "safetensors>=0.4"]
+TEST = (
+  EXPERIMENTS
+  + WEIGHTS
+  + [
+    "pytest>=8.0",
+    "ruff>=0.6",
+    "nbclient>=0.10",
+    "nbformat>=5.10",
+    "ipykernel>=6.29",
+    "jupytext>=1.16",
+  ]
+)
 
 setup(
   name="nfresnet",
@@ -31,5 +40,10 @@ setup(
   packages=find_packages(include=["nfresnet", "nfresnet.*", "experiments", "experiments.*"]),
   python_requires=">=3.10",
   install_requires=LIBRARY,
-  extras_require={"experiments": EXPERIMENTS, "test": TEST},
+  extras_require={
+    "experiments": EXPERIMENTS,
+    "weights": WEIGHTS,
+    "peers": PEERS,
+    "test": TEST,
+  },
 )

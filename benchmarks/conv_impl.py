@@ -8,7 +8,7 @@ parameters, same kernel standardization, same result up to float32 summation
 order):
 
 - ``auto``: the library's choice (no interception);
-- ``xla``: ``lax.conv`` everywhere (the lowering before issue 7's CPU path);
+- ``xla``: ``lax.conv`` everywhere (no matrix-product path on CPU);
 - ``shifted_dots``: matrix products for every ungrouped convolution up to 3x3.
 """
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from benchmarks import throughput, workload
 from benchmarks.workload import Case
+from experiments import cli
 
 FIELDS = {f.name: type(f.default) for f in dataclasses.fields(Case)}
 
@@ -82,7 +83,7 @@ def interleave(cases: Sequence[Case], rounds: int, warmup: int = 1) -> list[dict
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = throughput.UsageParser(description=__doc__.splitlines()[0])
+  parser = cli.UsageParser(description=__doc__.splitlines()[0])
   parser.add_argument("--case", action="append", required=True, help="key=value,... (repeat)")
   parser.add_argument("--rounds", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=1)

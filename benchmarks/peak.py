@@ -8,13 +8,14 @@ per product).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from experiments import cli
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -44,16 +45,16 @@ def matmul_peak(size: int = 2048, dtype: str = "float32", repeats: int = 5) -> f
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.UsageParser(description=__doc__.splitlines()[0])
   parser.add_argument("--size", type=int, default=2048)
   parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args()
-  flops = matmul_peak(args.size, args.dtype)
+  flops_per_s = matmul_peak(args.size, args.dtype)
   if args.json:
-    print(json.dumps({"size": args.size, "dtype": args.dtype, "flops_per_s": flops}))
+    print(json.dumps({"size": args.size, "dtype": args.dtype, "flops_per_s": flops_per_s}))
   else:
-    print(f"{args.dtype} {args.size}x{args.size} matmul: {flops / 1e9:.1f} GFLOP/s")
+    print(f"{args.dtype} {args.size}x{args.size} matmul: {flops_per_s / 1e9:.1f} GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
-"""Markdown tables and the goal summary (GitHub issue 7) from a suite's JSON payload."""
+"""Markdown tables and the performance-goal summary from a suite's JSON payload."""
 
 from __future__ import annotations
 
 from typing import Any
 
-TIMM_224_IMAGES_PER_S = (6.4, 6.8)  # timm nf_resnet50, channels-last, this machine (issue 7).
+TIMM_224_IMAGES_PER_S = (6.4, 6.8)  # timm nf_resnet50, channels-last, on the benchmark machine.
 TIMM_32_IMAGES_PER_S = (190.0, 210.0)
-REFERENCE_COMPILE_S = {50: 4.3, 288: 18.0, 600: 45.0}  # Reference code's gradient step (issue 7).
+REFERENCE_COMPILE_S = {50: 4.3, 288: 18.0, 600: 45.0}  # Reference code's gradient step, same host.
 
 
 def summary_line(r: dict[str, Any]) -> str:
@@ -139,10 +139,10 @@ def markdown(payload: dict[str, Any]) -> str:
     f"{' --full' if payload.get('full') else ''}`.",
     "",
     "Step time: median of timed steps after warm-up (each step waits for its result). "
-    "FLOPs: `nfresnet.count_flops` MACs x 2 (x 3 for a training step). Load avg: 1-minute "
+    "FLOPs: `nfresnet.count_macs` MACs x 2 (x 3 for a training step). Load avg: 1-minute "
     "load average when the case finished (2 cores: above 2 means shared).",
     "",
-    "## Goals (issue 7)",
+    "## Goals",
     "",
   ]
   body = goals_table(results) + ["", "## Throughput", ""] + throughput_table(results)

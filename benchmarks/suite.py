@@ -14,7 +14,6 @@ takes 3-4 minutes on 2 CPU cores (the suite without it: about 13 minutes).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -27,6 +26,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.throughput import cpu_model
 from benchmarks.workload import Case
+from experiments import cli
 
 OUT_DIR = pathlib.Path(__file__).parent / "results"
 D18 = dict(depth=18, resolution=32, batch_size=128, stem="cifar", num_classes=10)
@@ -122,7 +122,7 @@ def write(
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__)
+  parser = cli.UsageParser(prog="python -m benchmarks.suite", description=__doc__)
   parser.add_argument("--machine", default=None, help="results file name (default: derived)")
   parser.add_argument("--only", default=None, help="regex over case names")
   parser.add_argument("--full", action="store_true", help=f"also run {', '.join(FULL_ONLY)}")

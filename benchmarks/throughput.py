@@ -9,7 +9,7 @@ The jitted step is the training system's (``experiments.steps``). Compile time
 is the wall time of ``step.lower(state, batch).compile()`` (split into
 ``lower_s`` and ``xla_compile_s``); then ``--warmup`` steps run untimed and
 ``--steps`` steps are timed one by one (each waits for its result): the median
-is the step time. FLOPs are ``nfresnet.count_flops`` multiply-accumulates x 2,
+is the step time. FLOPs are ``nfresnet.count_macs`` multiply-accumulates x 2,
 x 3 for a training step (forward + two backward products), and achieved FLOP/s
 is compared with the measured ``jnp.dot`` peak (``benchmarks.peak``). Peak
 memory is the process's maximum resident set on CPU, the device's peak bytes
@@ -36,8 +36,9 @@ import jax
 
 from benchmarks import peak, workload
 from benchmarks.workload import Case
+from experiments import cli
 
-USAGE_ERROR = 2
+USAGE_ERROR = cli.USAGE_ERROR
 
 
 def cpu_model() -> str:
@@ -160,24 +161,8 @@ def format_result(r: dict[str, Any]) -> str:
   return line + f", peak memory {r['peak_memory_mib']:.0f} MiB"
 
 
-class UsageParser(argparse.ArgumentParser):
-  """argparse with one-line errors and exit status 2 (shared by the benchmark CLIs)."""
-
-  def error(self, message: str) -> None:  # One line, exit status 2.
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(USAGE_ERROR)
-
-
-def _bool(value: str) -> bool:
-  if value.lower() in ("1", "true", "yes"):
-    return True
-  if value.lower() in ("0", "false", "no"):
-    return False
-  raise argparse.ArgumentTypeError(f"{value!r} is not a boolean (true/false)")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  p = UsageParser(prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0])
+  p = cli.UsageParser(prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0])
   defaults = Case()
   p.add_argument("--model", default=defaults.model)
   p.add_argument("--depth", type=int, default=defaults.depth)
@@ -187,9 +172,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--compute_dtype", default=defaults.compute_dtype)
   p.add_argument("--stem", default=defaults.stem)
   p.add_argument("--num_classes", type=int, default=defaults.num_classes)
-  p.add_argument("--stack_blocks", type=_bool, default=False)
-  p.add_argument("--weight_standardization", type=_bool, default=True)
-  p.add_argument("--frozen", type=_bool, default=False)
+  p.add_argument("--stack_blocks", type=cli.parse_bool, default=False)
+  p.add_argument("--weight_standardization", type=cli.parse_bool, default=True)
+  p.add_argument("--frozen", type=cli.parse_bool, default=False)
   p.add_argument("--conv_impl", default=defaults.conv_impl)
   p.add_argument("--steps", type=int, default=5, help="timed steps; 0 compiles only")
   p.add_argument("--warmup", type=int, default=2)
@@ -205,11 +190,9 @@ def main(argv: list[str] | None = None) -> int:
   try:
     workload.check_case(case)
   except ValueError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return USAGE_ERROR
+    return cli.fail(str(error))
   if args.steps < 0 or args.warmup < 0:
-    print(f"error: --steps {args.steps} and --warmup {args.warmup} must be >= 0", file=sys.stderr)
-    return USAGE_ERROR
+    return cli.fail(f"--steps {args.steps} and --warmup {args.warmup} must be >= 0")
   result = measure(case, steps=args.steps, warmup=args.warmup, peak_flops=args.peak_flops)
   print(json.dumps(result) if args.json else format_result(result), flush=True)
   return 0

@@ -3,9 +3,9 @@
 A ``Case`` names a model (``experiments.models.MODELS``), its shape and the
 step; ``build`` returns the jitted step, abstract arguments (for compile-only
 measurements, nothing is initialized) and a function making concrete ones.
-Training uses the paper's optimizer (Nesterov SGD, momentum 0.9, weight decay
-off gains and biases) from ``experiments.optim`` and the sharded step of
-``experiments.steps``, so the numbers are those of ``experiments.main``.
+The steps come from ``experiments.builder.build`` on the base config (the paper's
+Nesterov SGD, momentum 0.9, weight decay off gains and biases, label smoothing), so
+the numbers are those of ``experiments.main``.
 """
 
 from __future__ import annotations
@@ -18,18 +18,20 @@ from typing import Any
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 import nfresnet
 from benchmarks.conv_impl import CONV_IMPLS, conv_context
-from experiments import models, optim, steps
+from experiments import builder, models, steps
 from experiments.configs import base_config
 from experiments.train_state import TrainState, init_train_state
 
 MODES = ("train", "eval")
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-MODEL_ALIASES = {"resnetv2": "resnet_v2", "nf": "nf_resnet", "bn": "resnet_v2"}
-LEARNING_RATE = 0.1  # Any positive constant: the step's cost does not depend on it.
+COMPUTE_DTYPES = tuple(builder.COMPUTE_DTYPES)
+STEPS_PER_RUN = (
+  1000  # Schedule length of the benchmark config: the step's cost does not depend on it.
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +39,7 @@ class Case:
   """One benchmark configuration.
 
   Attributes:
-    model: ``experiments.models.MODELS`` name (aliases: resnetv2, nf, bn).
+    model: ``experiments.models.MODELS`` name or alias (``experiments.models.ALIASES``).
     depth: ResNet depth.
     resolution: square input size.
     batch_size: global batch.
@@ -69,7 +71,7 @@ class Case:
 
   @property
   def model_name(self) -> str:
-    return MODEL_ALIASES.get(self.model, self.model)
+    return models.ALIASES.get(self.model, self.model)
 
   @property
   def is_nf(self) -> bool:
@@ -94,7 +96,7 @@ def check_case(case: Case) -> None:
   """Raises ``ValueError`` naming the bad field and what is allowed."""
   nfresnet.layout.check_choice("model", case.model_name, tuple(models.MODELS))
   nfresnet.layout.check_choice("mode", case.mode, MODES)
-  nfresnet.layout.check_choice("compute_dtype", case.compute_dtype, tuple(COMPUTE_DTYPES))
+  nfresnet.layout.check_choice("compute_dtype", case.compute_dtype, COMPUTE_DTYPES)
   nfresnet.layout.check_choice("depth", case.depth, tuple(nfresnet.layout.RESNET_DEPTHS))
   nfresnet.layout.check_choice("stem", case.stem, nfresnet.layout.STEMS)
   nfresnet.layout.check_choice("conv_impl", case.conv_impl, CONV_IMPLS)
@@ -121,10 +123,10 @@ def model_kwargs(case: Case, *, unrolled: bool = False) -> dict[str, Any]:
 
 
 def forward_macs(case: Case) -> int:
-  """Multiply-accumulates of one forward pass per example (``nfresnet.count_flops``)."""
+  """Multiply-accumulates of one forward pass per example (``nfresnet.count_macs``)."""
   model_fn = models.make_model_fn(case.model_name, model_kwargs(case, unrolled=True))
   shape = (1, case.resolution, case.resolution, 3)
-  return nfresnet.count_flops(lambda x: model_fn(x, False), shape)
+  return nfresnet.count_macs(lambda x: model_fn(x, False), shape)
 
 
 def step_flops(case: Case) -> float:
@@ -133,20 +135,43 @@ def step_flops(case: Case) -> float:
   return 2.0 * passes * forward_macs(case) * case.batch_size
 
 
-def transformed_model(case: Case) -> hk.TransformedWithState:
-  """The model as ``experiments.models`` builds it, under the frozen and conv contexts."""
-  model_fn = models.make_model_fn(case.model_name, model_kwargs(case))
+def experiment_config(case: Case) -> ml_collections.ConfigDict:
+  """The base experiment config with the case's model, batch and dtype."""
+  config = base_config()
+  config.model_name = case.model_name
+  kwargs = model_kwargs(case)
+  del kwargs["num_classes"]
+  config.model = ml_collections.ConfigDict(kwargs)
+  config.train.update(
+    batch_size=case.batch_size,
+    eval_batch_size=case.batch_size,
+    num_steps=STEPS_PER_RUN,
+    compute_dtype=case.compute_dtype,
+  )
+  config.optimizer.warmup_steps = 0
+  return config
+
+
+def model_wrapper(case: Case):
+  """Runs the model under the case's convolution lowering and frozen/folded context."""
   frozen = nfresnet.frozen if case.is_nf else nfresnet.folded_batchnorm
 
-  def wrapped(x: jax.Array, is_training: bool) -> jax.Array:
-    with conv_context(case.conv_impl), frozen() if case.frozen else contextlib.nullcontext():
-      return model_fn(x, is_training)
+  def wrap(model_fn):
+    def wrapped(x: jax.Array, is_training: bool) -> jax.Array:
+      with conv_context(case.conv_impl), frozen() if case.frozen else contextlib.nullcontext():
+        return model_fn(x, is_training)
 
-  return hk.transform_with_state(wrapped)
+    return wrapped
+
+  return wrap
 
 
-def _optimizer() -> optax.GradientTransformation:
-  return optim.build_optimizer(base_config().optimizer, optax.constant_schedule(LEARNING_RATE))
+def build_experiment(case: Case) -> builder.Experiment:
+  """``experiments.builder.build`` for the case (every device, the case's contexts)."""
+  config = experiment_config(case)
+  return builder.build(
+    config, case.num_classes, STEPS_PER_RUN * case.batch_size, model_wrapper=model_wrapper(case)
+  )
 
 
 def _batch(case: Case, abstract: bool) -> dict[str, Any]:
@@ -166,12 +191,8 @@ def _batch(case: Case, abstract: bool) -> dict[str, Any]:
   }
 
 
-def _init_state(case: Case) -> TrainState:
-  """Step-0 state; for frozen eval, parameters frozen or BatchNorm folded."""
-  live = hk.transform_with_state(models.make_model_fn(case.model_name, model_kwargs(case)))
-  optimizer = _optimizer() if case.mode == "train" else optax.identity()
-  sample = jnp.zeros((1, case.resolution, case.resolution, 3), jnp.float32)
-  state = init_train_state(live, optimizer, 0, sample, use_ema=False)
+def _prepare_state(case: Case, state: TrainState) -> TrainState:
+  """For frozen eval: parameters frozen (NF) or BatchNorm folded (BN)."""
   if not case.frozen:
     return state
   if case.is_nf:
@@ -199,28 +220,25 @@ class Workload:
 def build(case: Case) -> Workload:
   """The jitted real step of ``case`` on a 1-D mesh over every device."""
   check_case(case)
-  mesh = steps.make_mesh()
-  model = transformed_model(case)
-  dtype = COMPUTE_DTYPES[case.compute_dtype]
-  if case.mode == "train":
-    body = steps.train_step_body(
-      model,
-      _optimizer(),
-      optax.constant_schedule(LEARNING_RATE),
-      label_smoothing=0.1,
-      compute_dtype=dtype,
-      ema_decay=0.0,
-    )
-    step = steps.make_train_step(body, mesh)
-  else:
-    step = steps.make_eval_step(steps.eval_step_body(model, dtype), mesh)
-  replicated, sharded = steps.replicated_sharding(mesh), steps.batch_sharding(mesh)
-  init = jax.jit(lambda: _init_state(case), out_shardings=replicated)
+  experiment = build_experiment(case)
+  image_shape = (case.resolution, case.resolution, 3)
+  step = experiment.train_step if case.mode == "train" else experiment.eval_step
+  replicated = steps.replicated_sharding(experiment.mesh)
+  sharded = steps.batch_sharding(experiment.mesh)
+
+  def init_live() -> TrainState:
+    # Frozen evaluation never calls the model live, so the live (unfrozen) model initializes.
+    model = hk.transform_with_state(models.model_fn(experiment.config, case.num_classes))
+    optimizer = experiment.optimizer if case.mode == "train" else optax.identity()
+    sample = jnp.zeros((1, *image_shape), jnp.float32)
+    return _prepare_state(case, init_train_state(model, optimizer, 0, sample, use_ema=False))
+
+  init = jax.jit(init_live, out_shardings=replicated)
 
   def with_sharding(tree, sharding):
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)
 
-  abstract_state = with_sharding(jax.eval_shape(lambda: _init_state(case)), replicated)
+  abstract_state = with_sharding(jax.eval_shape(init_live), replicated)
   abstract_batch = with_sharding(_batch(case, abstract=True), sharded)
 
   def make_args():

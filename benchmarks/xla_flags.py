@@ -1,4 +1,4 @@
-"""XLA:CPU flag exploration (issue 7, goal 4): which flags exist, and what each does to a step.
+"""XLA:CPU flag exploration (CPU-throughput goal): which flags exist, what each does to a step.
 
 Usage::
 
@@ -15,11 +15,12 @@ records the conclusions.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
+
+from experiments import cli
 
 CANDIDATES: dict[str, str] = {
   "baseline": "",
@@ -74,7 +75,7 @@ def run_throughput(flags: str, case_args: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.xla_flags", description=__doc__)
+  parser = cli.UsageParser(prog="python -m benchmarks.xla_flags", description=__doc__)
   parser.add_argument("--check_only", action="store_true")
   parser.add_argument("--only", default=None, help="comma-separated candidate names")
   parser.add_argument("case", nargs="*", help="benchmarks.throughput flags (after --)")
@@ -82,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
   names = args.only.split(",") if args.only else list(CANDIDATES)
   unknown = [n for n in names if n not in CANDIDATES]
   if unknown:
-    print(f"error: unknown candidates {unknown}; allowed: {', '.join(CANDIDATES)}")
-    return 2
+    return cli.fail(f"unknown candidates {unknown}; allowed: {', '.join(CANDIDATES)}")
   case = args.case or DEFAULT_CASE
   for name in names:
     flags = CANDIDATES[name]

@@ -183,7 +183,8 @@ def load_trained(workdir: str | pathlib.Path, use_ema: bool = False) -> TrainedM
 
   Args:
     workdir: the run's ``--workdir``.
-    use_ema: return the EMA parameters instead of the raw ones.
+    use_ema: return the EMA parameters (and the EMA of the model state, when the
+      checkpoint has one) instead of the raw ones.
 
   Returns:
     The TrainedModel.
@@ -213,6 +214,9 @@ def load_trained(workdir: str | pathlib.Path, use_ema: bool = False) -> TrainedM
     params = state["ema_params"] if use_ema else state["params"]
     if params is None:
       raise ValueError(f"{workdir} was trained without EMA parameters")
+    model_state = state["model_state"]
+    if use_ema and state.get("ema_model_state") is not None:
+      model_state = state["ema_model_state"]
     model_fn = models.make_model_fn(meta["model_name"], meta["model"])
-    return TrainedModel(config, model_fn, params, state["model_state"] or {})
+    return TrainedModel(config, model_fn, params, model_state or {})
   raise FileNotFoundError(f"no readable checkpoint in {workdir / CHECKPOINT_DIR}")

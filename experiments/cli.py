@@ -1,11 +1,14 @@
 """Shared command-line plumbing: one-line ``error: ...`` messages and flag parsing.
 
-Every entry point (``experiments.main``, ``experiments.sweep``, ``experiments.report``)
-reports bad input as a single stderr line and a non-zero exit status.
+Every command line of the repository (``experiments.main``, ``experiments.spp``,
+``experiments.studies.sweep``, ``experiments.studies.report``, ``benchmarks.*``) reports
+bad input through ``fail``: a single ``error: ...`` line on stderr naming the value and
+what is allowed, and exit status 2 (``USAGE_ERROR``).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
 
@@ -40,3 +43,20 @@ def run(
   except errors as error:
     sys.exit(fail(describe(error)))
   sys.exit(main(parsed))
+
+
+class UsageParser(argparse.ArgumentParser):
+  """``argparse`` whose usage errors go through ``fail``: one ``error:`` line, exit status 2."""
+
+  def error(self, message: str) -> None:
+    sys.exit(fail(message))
+
+
+def parse_bool(value: str) -> bool:
+  """``true``/``false`` (any case, or 1/0) as an argparse ``type``."""
+  lowered = value.lower()
+  if lowered in ("true", "1"):
+    return True
+  if lowered in ("false", "0"):
+    return False
+  raise argparse.ArgumentTypeError(f"{value!r} is not a boolean (true/false)")

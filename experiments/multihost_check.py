@@ -16,20 +16,18 @@ runs need.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
+from experiments import cli
+
 
 def tiny_config(num_steps: int):
-  """A tiny NF-ResNet on synthetic data (eval split of 40 with a ragged last batch)."""
-  import ml_collections
+  """The quick-start smoke config on 8 px synthetic data (eval split of 40, ragged last batch)."""
+  from experiments.configs import quickstart
 
-  from experiments.configs import base_config
-
-  config = base_config()
-  config.model = ml_collections.ConfigDict({"depth": 18, "width": 0.125, "stem": "cifar"})
-  config.data.name = "synthetic"
+  config = quickstart.get_config("smoke")
+  config.model.width = 0.125
   config.data.image_size = 8
   config.data.synthetic.update(num_train=64, num_test=40, image_size=8, channels=1)
   config.train.update(
@@ -38,14 +36,12 @@ def tiny_config(num_steps: int):
     num_steps=num_steps,
     checkpoint_every=2,
     log_every=1,
-    progress_bar=False,
   )
-  config.optimizer.update(base_lr=0.4, warmup_steps=1)
   return config
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.UsageParser(description=__doc__.splitlines()[0])
   parser.add_argument("--num_processes", type=int, default=1)
   parser.add_argument("--process_id", type=int, default=0)
   parser.add_argument("--port", type=int, default=0)

@@ -4,7 +4,8 @@ One predicate over parameter paths, ``is_decayed``, decides which parameters get
 weight decay; ``is_clipped`` decides which get adaptive gradient clipping.
 Derived values (total steps, warm-up steps, batch-scaled peak learning rate)
 are computed here from the config when training starts, so command-line
-overrides of batch size or epochs stay consistent (SPEC section 7).
+overrides of batch size or epochs stay consistent (the reference implementation
+freezes them at config time; docs/paper_map.md).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import jax
 import ml_collections
 import optax
 
+import nfresnet
 from experiments.configs import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
-REFERENCE_BATCH_SIZE = 256  # lr = base_lr * batch_size / 256 (Goyal et al., 2017; SPEC 6).
+REFERENCE_BATCH_SIZE = 256  # lr = base_lr * batch_size / 256 (Goyal et al., 2017; paper Section 5).
 DECAYED_PARAM_NAMES = frozenset({"w"})
 CLASSIFIER_MODULE = "classifier"
 
@@ -29,8 +31,9 @@ def is_decayed(module_name: str, param_name: str) -> bool:
   """Whether a parameter gets weight decay: conv and linear weights only.
 
   Gains, biases, skip gains, BN scale/offset and Fixup's scalar biases and
-  multipliers are all excluded (SPEC section 6). The rule relies on Haiku's
-  stable parameter names: every weight matrix or kernel is called ``w``.
+  multipliers are all excluded, as in the reference implementation
+  (docs/paper_map.md). The rule relies on Haiku's stable parameter names: every
+  weight matrix or kernel is called ``w``.
 
   Args:
     module_name: Haiku module path, e.g. ``nf_resnet/stage1_block1/conv0``.
@@ -49,6 +52,39 @@ def is_clipped(module_name: str, param_name: str) -> bool:
   return module_name.split("/")[-1] != CLASSIFIER_MODULE
 
 
+def adaptive_grad_clip(clipping: float, eps: float) -> optax.GradientTransformation:
+  """``optax.adaptive_grad_clip`` with stacked blocks clipped as the unrolled model would be.
+
+  AGC (Brock et al., 2021, arXiv 2102.06171) clips each unit (a conv kernel's output
+  channel, a linear layer's output unit, a whole vector or scalar) to ``clipping`` times
+  its parameter norm. A stacked parameter (``NFResNet(stack_blocks=True)``, leading block
+  axis) holds one layer per block, so the unit-wise norms are taken per block slice
+  (``jax.vmap`` over the leading axis); taking them over the whole array would mix blocks.
+
+  Args:
+    clipping: the clipping threshold lambda (0.01 in the NFNet recipe).
+    eps: lower bound of the parameter norm, so zero-initialized parameters can move.
+  """
+  unrolled = optax.adaptive_grad_clip(clipping, eps=eps)
+
+  def clip_leaf(update: jax.Array, param: jax.Array) -> jax.Array:
+    return unrolled.update(update, optax.EmptyState(), param)[0]
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("adaptive gradient clipping needs the parameters")
+
+    def clip(path, update, param):
+      module = getattr(path[0], "key", "")
+      if nfresnet.is_stacked_module(str(module)):
+        return jax.vmap(clip_leaf)(update, param)
+      return clip_leaf(update, param)
+
+    return jax.tree_util.tree_map_with_path(clip, updates, params), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def param_mask(params: hk.Params, predicate) -> hk.Params:
   """A boolean pytree shaped like ``params``: ``predicate(module_name, param_name)``."""
   return hk.data_structures.map(lambda m, n, _: predicate(m, n), params)
@@ -61,6 +97,7 @@ class Schedule(NamedTuple):
   warmup_steps: int
   peak_lr: float
   end_lr: float
+  eval_every: int = 0  # Steps between periodic evaluations; 0: only at the end.
 
 
 def total_steps(train: ml_collections.ConfigDict, num_train_examples: int) -> int:
@@ -83,18 +120,38 @@ def make_schedule(config: ml_collections.ConfigDict, num_train_examples: int) ->
 
   Returns:
     The Schedule; warm-up is ``optimizer.warmup_steps`` if set, else
-    ``round(warmup_epochs * examples / batch_size)``, capped at total steps.
+    ``round(warmup_fraction * total_steps)`` if set, else
+    ``round(warmup_epochs * examples / batch_size)``, capped at total steps; the
+    evaluation interval is ``eval_interval``.
   """
   opt = config.optimizer
   steps = total_steps(config.train, num_train_examples)
   if opt.warmup_steps is not None:
     warmup = int(opt.warmup_steps)
+  elif opt.get("warmup_fraction") is not None:
+    warmup = round(opt.warmup_fraction * steps)
   else:
     warmup = round(opt.warmup_epochs * num_train_examples / config.train.batch_size)
   if warmup < 0:
     raise ConfigError(f"warm-up must be >= 0 steps, got {warmup}")
   peak = opt.base_lr * (config.train.batch_size / REFERENCE_BATCH_SIZE if opt.scale_by_batch else 1)
-  return Schedule(steps, min(warmup, steps), float(peak), float(opt.end_lr))
+  return Schedule(
+    steps,
+    min(warmup, steps),
+    float(peak),
+    float(opt.end_lr),
+    eval_interval(config, num_train_examples),
+  )
+
+
+def eval_interval(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
+  """``train.eval_every`` steps, or ``round(eval_every_epochs * examples / batch_size)`` (>= 1)."""
+  epochs = config.train.get("eval_every_epochs")
+  if epochs is None:
+    return int(config.train.eval_every)
+  if epochs <= 0:
+    raise ConfigError(f"train.eval_every_epochs must be positive, got {epochs}")
+  return max(1, round(epochs * num_train_examples / config.train.batch_size))
 
 
 def learning_rate_fn(schedule: Schedule) -> optax.Schedule:
@@ -131,7 +188,7 @@ def build_optimizer(
   decay_mask = lambda params: param_mask(params, is_decayed)
   parts: list[optax.GradientTransformation] = []
   if opt.agc_clip > 0:
-    agc = optax.adaptive_grad_clip(opt.agc_clip, eps=opt.agc_eps)
+    agc = adaptive_grad_clip(opt.agc_clip, opt.agc_eps)
     parts.append(optax.masked(agc, lambda params: param_mask(params, is_clipped)))
   if opt.name == "sgd":
     if opt.weight_decay:

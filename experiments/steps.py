@@ -67,11 +67,34 @@ def hard_labels(labels: jax.Array) -> jax.Array:
   return labels if labels.ndim == 1 else jnp.argmax(labels, axis=-1)
 
 
-def ema_update(ema: hk.Params | None, params: hk.Params, decay: float) -> hk.Params | None:
-  """``ema <- decay * ema + (1 - decay) * params`` (None stays None)."""
+def ema_decay_at(step: jax.Array, decay: float, warmup: bool = True) -> jax.Array:
+  """The EMA decay used after training step ``step`` (0-based count of completed steps).
+
+  With ``warmup`` (the reference implementation's "tf1" EMA) the decay is
+  ``min(decay, (1 + step) / (10 + step))``: 0.1 after the first step, so early averages
+  follow the parameters instead of their initial values. Without it, ``decay``.
+  """
+  decay = jnp.asarray(decay, jnp.float32)
+  if not warmup:
+    return decay
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def ema_update(ema: Any, new: Any, decay: jax.Array) -> Any:
+  """``ema <- decay * ema + (1 - decay) * new`` on float leaves (None stays None).
+
+  Integer leaves (counters in BatchNorm statistics) take the new value.
+  """
   if ema is None:
     return None
-  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+  def average(e, n):
+    if not jnp.issubdtype(jnp.asarray(n).dtype, jnp.floating):
+      return n
+    return (decay * e + (1.0 - decay) * n).astype(n.dtype)
+
+  return jax.tree.map(average, ema, new)
 
 
 def mean_over_devices(x: jax.Array) -> jax.Array:
@@ -87,6 +110,7 @@ def train_step_body(
   label_smoothing: float,
   compute_dtype: jnp.dtype,
   ema_decay: float,
+  ema_warmup: bool = True,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """The per-device training program (runs inside ``shard_map`` over ``data``).
 
@@ -117,13 +141,16 @@ def train_step_body(
       update_norm=optim.global_norm(updates),
       param_norm=optim.global_norm(params),
     )
+    model_state = jax.tree.map(mean_over_devices, model_state)
+    decay = ema_decay_at(state.step, ema_decay, ema_warmup)
     new_state = TrainState(
       step=state.step + 1,
       params=params,
-      model_state=jax.tree.map(mean_over_devices, model_state),
+      model_state=model_state,
       opt_state=opt_state,
-      ema_params=ema_update(state.ema_params, params, ema_decay),
+      ema_params=ema_update(state.ema_params, params, decay),
       rng=state.rng,
+      ema_model_state=ema_update(state.ema_model_state, model_state, decay),
     )
     return new_state, metrics
 
@@ -140,9 +167,9 @@ def eval_step_body(
   counts every real example once whatever the process or device count.
   """
 
-  def sums(params, state, batch):
+  def sums(params, model_state, batch):
     logits, _ = model.apply(
-      params, state.model_state, None, batch["image"].astype(compute_dtype), is_training=False
+      params, model_state, None, batch["image"].astype(compute_dtype), is_training=False
     )
     mask = batch["mask"].astype(jnp.float32)
     correct = (jnp.argmax(logits, axis=-1) == batch["label"]).astype(jnp.float32)
@@ -151,9 +178,10 @@ def eval_step_body(
 
   def body(state: TrainState, batch: Batch) -> Metrics:
     out = {"count": jnp.sum(batch["mask"].astype(jnp.float32))}
-    out["correct"], out["loss"] = sums(state.params, state, batch)
+    out["correct"], out["loss"] = sums(state.params, state.model_state, batch)
     if state.ema_params is not None:
-      out["ema_correct"], out["ema_loss"] = sums(state.ema_params, state, batch)
+      ema_state = state.model_state if state.ema_model_state is None else state.ema_model_state
+      out["ema_correct"], out["ema_loss"] = sums(state.ema_params, ema_state, batch)
     return jax.lax.psum(out, AXIS)
 
   return body

@@ -4,7 +4,7 @@ The loop dispatches step ``t + 1`` before fetching the metrics of step ``t``
 (so the host never stalls the device), checks every step's loss, gradient
 norm and parameter norm for finiteness before anything is logged or saved
 (``GUARDED_METRICS``), evaluates every
-``eval_every`` steps and at the end, and checkpoints every
+``eval_every`` steps (or ``eval_every_epochs``) and at the end, and checkpoints every
 ``checkpoint_every`` steps and at the end.
 """
 
@@ -20,12 +20,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from experiments import checkpoint, data, models, optim, steps
-from experiments.configs import ConfigError
+from experiments import builder, checkpoint, data, models, steps
 from experiments.logger import MetricsLogger
-from experiments.train_state import TrainState, create_train_state, init_train_state
-
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from experiments.train_state import TrainState
 
 GUARDED_METRICS = ("loss", "grad_norm", "param_norm")
 """Checked every step before logging or saving. The loss and gradient are computed
@@ -54,30 +51,6 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
   )
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Cheap checks that fail before any data is read or anything is compiled."""
-  models.get_model_class(config.model_name)
-  if config.data.name not in data.SOURCES:
-    raise ConfigError(
-      f"unknown dataset name {config.data.name!r}; allowed: {', '.join(data.SOURCES)}"
-    )
-  if config.optimizer.name not in optim.OPTIMIZERS:
-    raise ConfigError(
-      f"unknown optimizer name {config.optimizer.name!r}; allowed: {', '.join(optim.OPTIMIZERS)}"
-    )
-  if config.train.compute_dtype not in COMPUTE_DTYPES:
-    raise ConfigError(
-      f"unknown compute_dtype {config.train.compute_dtype!r}; allowed: {', '.join(COMPUTE_DTYPES)}"
-    )
-  devices = jax.device_count()
-  for field in ("batch_size", "eval_batch_size"):
-    size = config.train[field]
-    if size <= 0 or size % devices:
-      raise ConfigError(
-        f"train.{field}={size} must be a positive multiple of the device count {devices}"
-      )
-
-
 class Trainer:
   """Builds the model, optimizer, steps and checkpointer from a config; runs the loop.
 
@@ -86,61 +59,47 @@ class Trainer:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
-    check_config(config)
+    builder.check_config(config, jax.device_count())
     self.config = config
     self.workdir = pathlib.Path(workdir)
     self.train_source = data.load_source(config.data, "train")
     self.test_source = data.load_source(config.data, "test")
+    self.val_source = (
+      data.load_source(config.data, "validation") if config.data.validation_examples else None
+    )
     num_classes = self.train_source.num_classes
-    self.model = models.build_model(config, num_classes, steps.AXIS)
-    # Initialization runs outside shard_map, where a cross-replica axis is unbound.
-    self.init_model = models.build_model(config, num_classes)
-    self.schedule = optim.make_schedule(config, data.num_examples(self.train_source))
-    self.lr_fn = optim.learning_rate_fn(self.schedule)
-    self.optimizer = optim.build_optimizer(config.optimizer, self.lr_fn)
+    self.experiment = builder.build(config, num_classes, data.num_examples(self.train_source))
+    self.schedule = self.experiment.schedule
+    self.train_step = self.experiment.train_step
+    self.eval_step = self.experiment.eval_step
+    self.mesh = self.experiment.mesh
     self.checkpointer = checkpoint.Checkpointer(
       self.workdir, models.model_identity(config, num_classes), config.train.keep_checkpoints
     )
     self.checkpointer.check_identity()  # Before anything in the workdir is written.
-    self.mesh = steps.make_mesh()
-    dtype = COMPUTE_DTYPES[config.train.compute_dtype]
-    self.train_step = steps.make_train_step(
-      steps.train_step_body(
-        self.model,
-        self.optimizer,
-        self.lr_fn,
-        label_smoothing=config.train.label_smoothing,
-        compute_dtype=dtype,
-        ema_decay=config.train.ema_decay,
-      ),
-      self.mesh,
-    )
-    self.eval_step = steps.make_eval_step(steps.eval_step_body(self.model, dtype), self.mesh)
     self.last_saved: int | None = None  # Step of the newest checkpoint (NaN-guard message).
+
+  def image_shape(self) -> tuple[int, int, int]:
+    """Training input shape (H, W, C): ``data.image_size`` or the stored size."""
+    stored = self.train_source.image_shape
+    size = self.config.data.image_size or stored[0]
+    return (size, size, stored[2])
 
   def initial_state(self) -> TrainState:
     """The latest restorable checkpoint, or a fresh state (replicated over the mesh)."""
-    size = self.config.data.image_size or self.train_source.image_shape[0]
-    sample = jnp.zeros((1, size, size, self.train_source.image_shape[2]), jnp.float32)
-    args = (self.init_model, self.optimizer, self.config.train.seed, sample)
-    use_ema = self.config.train.ema_decay > 0
-    replicated = steps.replicated_sharding(self.mesh)
-    abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      jax.eval_shape(lambda: init_train_state(*args, use_ema=use_ema)),
-    )
-    restored = self.checkpointer.restore_latest(abstract)
+    shape = self.image_shape()
+    restored = self.checkpointer.restore_latest(self.experiment.abstract_state(shape))
     if restored is not None:
       return restored
-    return create_train_state(*args, use_ema=use_ema, sharding=replicated)
+    return self.experiment.init_state(shape)
 
-  def evaluate(self, state: TrainState) -> dict[str, float]:
-    """Accuracy and loss over the whole test split (raw and EMA parameters)."""
+  def evaluate(self, state: TrainState, source: data.Source | None = None) -> dict[str, float]:
+    """Accuracy and loss over a whole split (default: test), raw and EMA parameters."""
     sums = None
     for batch in data.eval_batches(
-      self.test_source,
+      self.test_source if source is None else source,
       self.config.data,
-      global_batch_size=self.config.train.eval_batch_size,
+      global_batch_size=self.experiment.eval_batch_size,
       process_index=jax.process_index(),
       process_count=jax.process_count(),
     ):
@@ -177,6 +136,7 @@ class Trainer:
     clock = {"time": time.perf_counter(), "step": start}
     train_metrics: dict[str, Any] = {}
     eval_metrics: dict[str, Any] = {}
+    val_metrics: dict[str, Any] = {}
     pending = None
     try:
       for step in range(start + 1, total + 1):
@@ -185,14 +145,14 @@ class Trainer:
           train_metrics = self.finish_step(*pending, logger, clock)
         pending = (step, metrics)
         is_last = step == total
-        evaluate = is_last or (cfg.eval_every > 0 and step % cfg.eval_every == 0)
+        every = self.schedule.eval_every
+        evaluate = is_last or (every > 0 and step % every == 0)
         save = is_last or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0)
         if evaluate or save:
           train_metrics = self.finish_step(*pending, logger, clock)
           pending = None
         if evaluate:
-          eval_metrics = self.evaluate(state)
-          logger.write(step, eval_metrics, kind="eval")
+          eval_metrics, val_metrics = self.evaluate_splits(state, step, is_last, logger)
         if save:
           self.checkpointer.save(state)
           self.last_saved = step
@@ -200,13 +160,34 @@ class Trainer:
           clock.update(time=time.perf_counter(), step=step)  # images/s excludes eval and saving.
       if start == total:
         eval_metrics = self.evaluate(state)
+        val_metrics = self.evaluate(state, self.val_source) if self.val_source else {}
     finally:
       logger.close()
       self.checkpointer.close()
     summary = {f"train/{k}": v for k, v in train_metrics.items()}
     summary.update({f"eval/{k}": v for k, v in eval_metrics.items()})
+    summary.update({f"val/{k}": v for k, v in val_metrics.items()})
     summary["step"] = total
     return state, summary
+
+  def evaluate_splits(
+    self, state: TrainState, step: int, is_last: bool, logger: MetricsLogger
+  ) -> tuple[dict[str, float], dict[str, float]]:
+    """The evaluations of ``step``: ``(test, validation)`` metrics, each ``{}`` when skipped.
+
+    With a validation split the periodic evaluations (``eval_every``) use it (rows of
+    kind "val") and the test split is evaluated at the last step only (kind "eval"), so
+    choices made on validation accuracy never look at the test set. Without one, every
+    evaluation is of the test split.
+    """
+    test, val = {}, {}
+    if self.val_source is not None:
+      val = self.evaluate(state, self.val_source)
+      logger.write(step, val, kind="val")
+    if is_last or self.val_source is None:
+      test = self.evaluate(state)
+      logger.write(step, test, kind="eval")
+    return test, val
 
   def finish_step(
     self, step: int, metrics: Any, logger: MetricsLogger, clock: dict[str, float]

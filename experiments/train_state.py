@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import haiku as hk
@@ -21,6 +22,8 @@ class TrainState(NamedTuple):
     opt_state: optimizer state.
     ema_params: exponential moving average of ``params``, or ``None`` when off.
     rng: base key; the key of step ``t`` is ``fold_in(rng, t)``.
+    ema_model_state: the same average of ``model_state`` (BatchNorm statistics), as the
+      reference implementation keeps it; ``None`` when the EMA is off.
   """
 
   step: jax.Array
@@ -29,6 +32,7 @@ class TrainState(NamedTuple):
   opt_state: optax.OptState
   ema_params: hk.Params | None
   rng: jax.Array
+  ema_model_state: hk.State | None = None
 
 
 def init_train_state(
@@ -37,6 +41,7 @@ def init_train_state(
   seed: int,
   sample_image: jax.Array,
   use_ema: bool,
+  convert_params: Callable[[hk.Params], hk.Params] | None = None,
 ) -> TrainState:
   """Initializes parameters, model state, optimizer state and the EMA copy.
 
@@ -46,12 +51,17 @@ def init_train_state(
     seed: experiment seed; parameter init and the step keys derive from it.
     sample_image: a batch with the training input shape (values unused).
     use_ema: keep an EMA copy of the parameters.
+    convert_params: applied to the initial parameters before anything else, e.g.
+      ``nfresnet.stack_params`` to start a stacked model from the unrolled model's
+      initialization (the same numbers, so both train identically).
 
   Returns:
     The step-0 TrainState (float32 parameters whatever the compute dtype).
   """
   init_key, train_key = jax.random.split(jax.random.key(seed))
   params, model_state = model.init(init_key, sample_image, is_training=True)
+  if convert_params is not None:
+    params = convert_params(params)
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
@@ -59,6 +69,7 @@ def init_train_state(
     opt_state=optimizer.init(params),
     ema_params=jax.tree.map(jnp.copy, params) if use_ema else None,
     rng=jax.random.key_data(train_key),
+    ema_model_state=jax.tree.map(jnp.copy, model_state) if use_ema else None,
   )
 
 
@@ -83,7 +94,8 @@ def create_train_state(
   sample_image: jax.Array,
   use_ema: bool,
   sharding: jax.sharding.Sharding,
+  convert_params: Callable[[hk.Params], hk.Params] | None = None,
 ) -> TrainState:
   """``init_train_state`` compiled once (cheaply) with its output placed on ``sharding``."""
-  init = lambda: init_train_state(model, optimizer, seed, sample_image, use_ema)
+  init = lambda: init_train_state(model, optimizer, seed, sample_image, use_ema, convert_params)
   return jax.jit(init, out_shardings=sharding).lower().compile(INIT_COMPILER_OPTIONS)()

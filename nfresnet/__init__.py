@@ -18,7 +18,7 @@ from nfresnet.blocks import (
   SqueezeExcite,
   stochastic_depth,
 )
-from nfresnet.counting import count_flops, count_params
+from nfresnet.counting import count_macs, count_params
 from nfresnet.freeze import fold_batchnorm, folded_batchnorm, freeze, frozen
 from nfresnet.layout import BlockSpec, block_specs, expected_variances, resnet_specs
 from nfresnet.mean_field import mean_field_signal_variance
@@ -30,7 +30,7 @@ from nfresnet.signal_propagation import (
   expected_signal_variance,
   signal_propagation,
 )
-from nfresnet.stacking import stack_params, stacked_blocks, unstack_params
+from nfresnet.stacking import is_stacked_module, stack_params, stacked_blocks, unstack_params
 from nfresnet.ws_conv import Conv2D, WSConv2D, standardize_kernel
 
 __version__ = "0.1.0"
@@ -57,12 +57,13 @@ __all__ = [
   "WSConv2D",
   "block_specs",
   "channel_statistics",
-  "count_flops",
+  "count_macs",
   "count_params",
   "fold_batchnorm",
   "folded_batchnorm",
   "freeze",
   "frozen",
+  "is_stacked_module",
   "stack_params",
   "stacked_blocks",
   "unstack_params",

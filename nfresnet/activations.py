@@ -1,4 +1,4 @@
-"""Gamma-scaled nonlinearities (SPEC section 1).
+"""Gamma-scaled nonlinearities (paper Section 4, "Determining nonlinearity-specific constants").
 
 For a nonlinearity ``g`` the paper defines ``gamma_g = 1 / sqrt(Var[g(x)])`` with
 ``x ~ N(0, 1)``, so that ``gamma_g * g(x)`` has unit variance for unit-Gaussian
@@ -28,7 +28,7 @@ def _identity(x: jax.Array) -> jax.Array:
 
 
 def _gelu(x: jax.Array) -> jax.Array:
-  """Exact (erf) GELU; SPEC's exact gamma 1.700926 is for this form."""
+  """Exact (erf) GELU; the exact gamma 1.700926 (tests/test_activations.py) is for this form."""
   return jax.nn.gelu(x, approximate=False)
 
 
@@ -51,7 +51,7 @@ ACTIVATIONS: dict[str, Activation] = {
   "identity": _identity,
 }
 
-# Single Monte Carlo estimates hard-coded by the reference code (SPEC section 1).
+# Single Monte Carlo estimates hard-coded by the reference implementation (docs/paper_map.md).
 # They sit 0.03-0.08% above the exact values; use them only to reproduce it.
 REFERENCE_GAMMAS: Mapping[str, float] = {
   "relu": 1.7139588594436646,
@@ -129,7 +129,7 @@ def _named_gamma(name: str) -> float:
 
 
 def gamma(activation: ActivationLike, *, reference: bool = False) -> float:
-  """``1 / sqrt(Var[g(x)])`` for ``x ~ N(0, 1)`` (SPEC section 1).
+  """``1 / sqrt(Var[g(x)])`` for ``x ~ N(0, 1)`` (paper Section 4, gamma constants).
 
   Args:
     activation: a registered name or any elementwise callable.

@@ -7,8 +7,9 @@ Analysis code (signal propagation) intercepts ``residual_output`` and
 no metrics flags. ``branch`` methods are ``hk.transparent`` so parameter paths
 stay ``stage1_block1/conv0``.
 
-NF blocks implement SPEC section 3:
-``h_{i+1} = h_i + alpha * skip_gain_i * f_i(g(h_i) / beta_i)``.
+NF blocks implement the residual block of paper Section 4,
+``h_{i+1} = h_i + alpha * f_i(h_i / beta_i)``, in the reference implementation's
+pre-activation form ``h_{i+1} = h_i + alpha * skip_gain_i * f_i(g(h_i) / beta_i)``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,15 @@ def stochastic_depth(
 
 
 class SqueezeExcite(hk.Module):
-  """``x * 2 * sigmoid(MLP(mean_HW(x)))`` with a plain-ReLU hidden layer (SPEC 3)."""
+  """``x * 2 * sigmoid(MLP(mean_HW(x)))`` with a plain-ReLU hidden layer.
+
+  The factor 2 and the ReLU follow the reference implementation (docs/paper_map.md).
+
+  Args:
+    channels: input and output channels (the gate has one value per channel).
+    hidden: width of the hidden layer.
+    name: module name.
+  """
 
   def __init__(self, channels: int, hidden: int, name: str | None = None):
     super().__init__(name=name)
@@ -68,7 +77,8 @@ class ResidualBlock(hk.Module):
   Subclasses implement ``branch`` (decorated ``@hk.transparent``) and
   ``__call__(x, is_training)``, and pass the branch output through
   ``residual_output`` before stochastic depth, skip gain and alpha: that is
-  where the residual variance of SPEC section 5 is measured.
+  where the residual average channel variance of the paper's Signal Propagation
+  Plots (Section 3) is measured.
   """
 
   spec: BlockSpec
@@ -88,6 +98,21 @@ class NFBlock(ResidualBlock):
   ``__call__`` computes ``out = g(x) / beta``; the shortcut is a 1x1 Scaled-WS
   conv of ``out`` when the block changes stride or width, else the raw ``x``;
   then ``shortcut + alpha * skip_gain * stochastic_depth(branch(out))``.
+
+  Args:
+    spec: the block's layout: channels, stride, ``beta``, stochastic-depth rate
+      and whether the shortcut is a projection.
+    activation: the nonlinearity ``g`` (gamma-scaled in Scaled-WS networks).
+    alpha: residual scale; the branch output is multiplied by ``alpha * skip_gain``.
+    skip_gain_init: initial value of the learnable scalar ``skip_gain`` (0 for
+      training, 1 for signal-propagation plots).
+    use_se: squeeze-excite on the branch output.
+    se_ratio: squeeze-excite hidden width as a fraction of its input channels.
+    avg_down: on a strided projection shortcut, average-pool (stride x stride)
+      and then apply a stride-1 1x1 conv (ResNet-D, NF-RegNets).
+    rescale_stochdepth: divide kept branches by the keep probability; the
+      reference implementation does not.
+    conv: conv module factory, ``WSConv2D`` or ``Conv2D`` (the "He init" network).
   """
 
   def __init__(
@@ -147,7 +172,10 @@ class NFBlock(ResidualBlock):
 
 
 class NFBottleneckBlock(NFBlock):
-  """1x1 conv to width/4 -> g -> 3x3 conv (stride) -> g -> 1x1 conv to width."""
+  """1x1 conv to width/4 -> g -> 3x3 conv (stride) -> g -> 1x1 conv to width.
+
+  Args: as ``NFBlock``.
+  """
 
   @hk.transparent
   def branch(self, x: jax.Array, is_training: bool) -> jax.Array:
@@ -159,7 +187,10 @@ class NFBottleneckBlock(NFBlock):
 
 
 class NFBasicBlock(NFBlock):
-  """3x3 conv (stride) -> g -> 3x3 conv."""
+  """3x3 conv (stride) -> g -> 3x3 conv.
+
+  Args: as ``NFBlock``.
+  """
 
   @hk.transparent
   def branch(self, x: jax.Array, is_training: bool) -> jax.Array:

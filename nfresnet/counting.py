@@ -1,6 +1,6 @@
 """Parameter and multiply-accumulate counts.
 
-``count_flops`` is an exact analytic count: it intercepts every convolution and
+``count_macs`` is an exact analytic count: it intercepts every convolution and
 linear layer while the model is traced abstractly (``jax.eval_shape``, nothing
 is computed) and adds ``H_out * W_out * C_out * kh * kw * C_in / groups`` per
 example for convs and ``C_in * C_out`` for linear layers. Elementwise ops,
@@ -36,7 +36,7 @@ def _layer_macs(module: hk.Module, x: jax.Array, out: jax.Array) -> int:
   return 0
 
 
-def count_flops(model_fn: Callable[[jax.Array], jax.Array], input_shape: Sequence[int]) -> int:
+def count_macs(model_fn: Callable[[jax.Array], jax.Array], input_shape: Sequence[int]) -> int:
   """Multiply-accumulates of one forward pass, per example.
 
   Args:

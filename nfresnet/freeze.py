@@ -1,6 +1,6 @@
 """Frozen inference: precompute what is constant once the weights stop changing.
 
-Scaled WS (SPEC section 2) standardizes every kernel on every call; at inference
+Scaled WS (paper Section 4.2) standardizes every kernel on every call; at inference
 the standardized kernel is a constant. ``freeze(params)`` computes it once and
 stores it as ``w_hat`` in place of ``w`` and ``gain``; under ``frozen()`` every
 ``WSConv2D`` reads ``w_hat`` instead of standardizing, so an NF network

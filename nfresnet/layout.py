@@ -1,4 +1,4 @@
-"""ResNet variant table and the NF variance bookkeeping (SPEC section 3).
+"""ResNet variant table and the NF variance bookkeeping (paper Section 4).
 
 Every residual model in the library (NF-ResNets, the baselines, NF-RegNets) is
 laid out from ``BlockSpec`` lists built here, so the beta values that the model
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# depth -> (blocks per stage, block type). SPEC section 3.
+# depth -> (blocks per stage, block type), as in the reference implementation (docs/paper_map.md).
 RESNET_DEPTHS: dict[int, tuple[tuple[int, ...], str]] = {
   18: ((2, 2, 2, 2), "basic"),
   26: ((2, 2, 2, 2), "bottleneck"),
@@ -74,7 +74,7 @@ def scale_width(channels: int, width: float) -> int:
 
 
 def expected_variances(stage_depths: Sequence[int], alpha: float) -> tuple[np.ndarray, np.ndarray]:
-  """Analytic input and output variances of every block (SPEC section 3).
+  """Analytic input and output variances of every block (paper Section 4).
 
   ``expected_var`` starts at 1; the first block of every stage resets it to 1
   before adding ``alpha**2``; every other block adds ``alpha**2``.

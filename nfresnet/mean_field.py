@@ -17,7 +17,7 @@ unchanged, the channel variance then follows a scalar recursion per block::
 The projection shortcut of a transition block carries any excess over the
 analytic curve into the next stage, so it compounds with depth. For ReLU the
 recursion reproduces ``1 + k * alpha^2`` exactly. It ignores zero padding,
-which lowers variances on small maps (SPEC section 5).
+which lowers variances on small maps (docs/signal_propagation.md).
 """
 
 from __future__ import annotations

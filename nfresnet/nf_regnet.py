@@ -6,7 +6,7 @@ exactly:
 - stem: 3x3 stride-2 Scaled-WS conv to ``int(base_width[0] * width)`` channels,
   no activation;
 - blocks (``NFRegNetBlock``): pre-activation ``g(x) / beta`` as in every NF
-  block (SPEC section 3), then an inverted bottleneck: 1x1 expansion conv -> g
+  block (paper Section 4), then an inverted bottleneck: 1x1 expansion conv -> g
   -> grouped 3x3 conv (stride 2 in the first block of every stage) ->
   squeeze-excite -> g -> 1x1 projection conv. Transition shortcuts average-pool
   ``g(x) / beta`` (2x2, stride 2) and apply a 1x1 conv;

@@ -1,4 +1,4 @@
-"""NF-ResNets (SPEC section 3) and the ResNet stem shared by every ResNet model."""
+"""NF-ResNets (paper Section 4) and the ResNet stem shared by every ResNet model."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def classifier_head(
 
 
 class NFResNet(hk.Module):
-  """Normalizer-free pre-activation ResNet (SPEC section 3).
+  """Normalizer-free pre-activation ResNet (paper Section 4).
 
   With default arguments and ``num_classes=1000`` the layer list mirrors the
   reference NF-ResNet-50 (25,557,048 parameters).
@@ -75,6 +75,9 @@ class NFResNet(hk.Module):
       precedes it), so the stem output has the unit variance beta_0 = 1
       assumes, as the Scaled WS stem (gain 1) does.
     reference_gammas: use the reference code's hard-coded gammas.
+    scale_activations: multiply every activation by its gamma (paper Section 4,
+      "Determining nonlinearity-specific constants"); False is the control network
+      whose nonlinearities are not variance-normalized.
     rescale_stochdepth: divide kept branches by the keep probability.
     avg_down: ResNet-D average-pool downsampling in transition shortcuts.
     block: a ``ResidualBlock`` subclass replacing the default block type.
@@ -100,6 +103,7 @@ class NFResNet(hk.Module):
     stem: str = "imagenet",
     weight_standardization: bool = True,
     reference_gammas: bool = False,
+    scale_activations: bool = True,
     rescale_stochdepth: bool = False,
     avg_down: bool = False,
     block: type[ResidualBlock] | None = None,
@@ -120,9 +124,10 @@ class NFResNet(hk.Module):
     )
     self.activation: Callable[[jax.Array], jax.Array] = (
       scaled_activation(activation, reference=reference_gammas)
-      if weight_standardization
+      if weight_standardization and scale_activations
       else get_activation(activation)
     )
+    self.classifier_init: hk.initializers.Initializer = CLASSIFIER_INIT
     self.block_cls = block or NF_BLOCKS[block_type]
     self.stack_blocks = stack_blocks
     self.block_kwargs = dict(
@@ -144,4 +149,7 @@ class NFResNet(hk.Module):
     else:
       for spec in self.specs:
         h = make_block(spec)(h, is_training)
-    return classifier_head(self.activation(h), self.num_classes, self.dropout_rate, is_training)
+    h = self.activation(h)
+    return classifier_head(
+      h, self.num_classes, self.dropout_rate, is_training, self.classifier_init
+    )

@@ -1,4 +1,4 @@
-"""Signal Propagation Plots: per-block statistics of any nfresnet model (SPEC section 5).
+"""Signal Propagation Plots: per-block statistics of any nfresnet model (paper Section 3).
 
 ``signal_propagation`` runs a model on one batch and records, at the output of
 every residual block, the average channel squared mean ``mean_C(mean_NHW(x)^2)``
@@ -34,7 +34,7 @@ MESH_AXIS = "data"
 
 
 def channel_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Average channel squared mean and average channel variance (SPEC section 5).
+  """Average channel squared mean and average channel variance (paper Section 3).
 
   Args:
     x: activations with channels last (NHWC, or any ``[..., C]``).
@@ -54,7 +54,7 @@ def expected_signal_variance(stage_depths: int | Sequence[int], alpha: float = 0
 
   The same bookkeeping (``layout.expected_variances``) that sets every NF block's
   ``beta``: after the k-th block of a stage (k = 1 for the transition block) the
-  expected variance is ``1 + k * alpha**2`` (SPEC sections 3 and 5).
+  expected variance is ``1 + k * alpha**2`` (paper Section 4, Figure 2).
 
   Args:
     stage_depths: blocks per stage, or a ResNet depth from the variant table.
@@ -243,13 +243,13 @@ def signal_propagation(
   state: hk.State | None = None,
   devices: Sequence[jax.Device] | None = None,
 ) -> dict[str, np.ndarray]:
-  """Measures a Signal Propagation Plot of one model on one batch (SPEC section 5).
+  """Measures a Signal Propagation Plot of one model on one batch (paper Section 3).
 
   Args:
     model_fn: ``model_fn(x)`` builds and applies an nfresnet model (any model made
       of ``nfresnet.ResidualBlock`` subclasses with a ``spec``) inside a Haiku
       transform. It decides ``is_training``: pass ``True`` for BatchNorm models so
-      they use batch statistics (SPEC section 5).
+      they use batch statistics, as in the paper's Figure 1.
     inputs: one NHWC batch, e.g. N(0, 1) samples or real images.
     rng: key for initialization (when ``params`` is None) and for the forward pass.
     params: trained parameters; None measures the network at initialization.

@@ -51,6 +51,11 @@ _UNROLLED = re.compile(
 _STACKED = re.compile(r"^(?P<prefix>(?:.*/)?)stage(?P<stage>\d+)_blocks(?P<rest>/.*)?$")
 
 
+def is_stacked_module(module_name: str) -> bool:
+  """Whether ``module_name`` holds stacked blocks (parameters with a leading block axis)."""
+  return _STACKED.match(module_name) is not None
+
+
 def stack_name(stage: int) -> str:
   """Module name of the stacked blocks of 0-based ``stage``: ``stage{stage + 1}_blocks``."""
   return f"stage{stage + 1}_blocks"
@@ -58,6 +63,12 @@ def stack_name(stage: int) -> str:
 
 def stage_runs(specs: Sequence[BlockSpec]) -> list[tuple[BlockSpec, list[BlockSpec]]]:
   """Splits block specs into ``(transition block, following blocks)`` per stage.
+
+  Args:
+    specs: the model's block specs, in order.
+
+  Returns:
+    One ``(transition spec, [following specs])`` pair per stage.
 
   Raises:
     ValueError: a non-transition block whose shapes differ from its stage's.
@@ -154,6 +165,12 @@ def stack_params(params: Mapping[str, Mapping[str, jax.Array]]) -> dict:
   or optimizer-state trees shaped like them). Transition blocks (``block1``)
   and modules outside the blocks are copied unchanged.
 
+  Args:
+    params: ``{module_path: {name: array}}`` in the unrolled layout.
+
+  Returns:
+    The same leaves, non-transition blocks stacked along a new leading axis.
+
   Raises:
     ValueError: a stage whose stacked blocks are not numbered 2, 3, ... n.
   """
@@ -176,7 +193,14 @@ def stack_params(params: Mapping[str, Mapping[str, jax.Array]]) -> dict:
 
 
 def unstack_params(params: Mapping[str, Mapping[str, jax.Array]]) -> dict:
-  """Stacked layout -> unrolled layout; the inverse of ``stack_params``."""
+  """Stacked layout -> unrolled layout; the inverse of ``stack_params``.
+
+  Args:
+    params: ``{module_path: {name: array}}`` in the stacked layout.
+
+  Returns:
+    One ``stage{s}_block{b}`` entry per stacked block (b = 2, 3, ...).
+  """
   out: dict = {}
   for path, leaves in params.items():
     match = _STACKED.match(path)

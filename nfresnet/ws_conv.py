@@ -1,4 +1,4 @@
-"""Scaled Weight Standardization convolution (SPEC section 2).
+"""Scaled Weight Standardization convolution (paper Section 4.2).
 
 For output channel ``i`` with fan-in ``N = kh * kw * Cin / groups``:
 ``W_hat_i = gain_i * (W_i - mean(W_i)) / sqrt(max(N * var(W_i), eps))``.
@@ -9,6 +9,7 @@ is cancelled exactly, and ``sum_j W_hat_ij^2 = gain_i^2``.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 
 import haiku as hk
@@ -18,7 +19,7 @@ import numpy as np
 
 from nfresnet.conv_lowering import conv2d
 
-WS_EPSILON = 1e-4  # Floor on N * var(W), as in the reference.
+WS_EPSILON = 1e-4  # Floor on N * var(W), as in the reference implementation (docs/paper_map.md).
 
 
 def standardize_kernel(kernel: jax.Array, gain: jax.Array, eps: float = WS_EPSILON) -> jax.Array:
@@ -45,6 +46,25 @@ Lowering = Callable[[jax.Array, jax.Array, int, str, int], jax.Array]
 
 HE_NORMAL = hk.initializers.VarianceScaling(2.0, "fan_in", "normal")
 FAN_IN_NORMAL = hk.initializers.VarianceScaling(1.0, "fan_in", "normal")
+
+
+class FanInTruncatedNormal(hk.initializers.Initializer):
+  """Haiku's default conv/linear init: truncated normal (+-2 std) of std ``1 / sqrt(fan_in)``.
+
+  ``hk.Conv2D`` and ``hk.Linear`` use it when no ``w_init`` is given, and so do the
+  reference implementation's BN-ResNet and SkipInit convs. The truncation is not
+  corrected, so the realised standard deviation is about ``0.88 / sqrt(fan_in)``.
+  """
+
+  def __call__(self, shape, dtype) -> jax.Array:
+    fan_in = math.prod(shape[:-1])
+    return hk.initializers.TruncatedNormal(stddev=1.0 / math.sqrt(fan_in))(shape, dtype)
+
+
+HAIKU_DEFAULT = FanInTruncatedNormal()
+CONV_INITS: dict[str, hk.initializers.Initializer] = {"haiku": HAIKU_DEFAULT, "he": HE_NORMAL}
+"""``conv_init`` choices of the plain-conv baselines: "haiku" (the reference's, default)
+or "he" (He et al. 2015: normal, variance 2 / fan_in)."""
 
 
 class Conv2D(hk.Module):
@@ -107,7 +127,7 @@ class Conv2D(hk.Module):
 
 
 class WSConv2D(Conv2D):
-  """2D convolution with Scaled Weight Standardization (SPEC section 2).
+  """2D convolution with Scaled Weight Standardization (paper Section 4.2).
 
   Parameters are float32: raw kernel ``w`` (fan-in normal init), ``gain`` (init
   1) and ``bias`` (init 0), one gain and bias per output channel. The kernel is

@@ -25,13 +25,20 @@ def test_keys_are_deterministic_and_distinct():
 @pytest.mark.parametrize(
   "shape, size", [((8, 8), 16), ((28, 28), 32), ((32, 32), 20), ((37, 23), 16)]
 )
-def test_resize_matches_jax_image_resize(shape, size):
+@pytest.mark.parametrize(
+  "method, jax_method, antialias",
+  [
+    ("bilinear", "linear", True),
+    ("bicubic", "cubic", False),  # The reference's ImageNet interpolation.
+  ],
+)
+def test_resize_matches_jax_image_resize(shape, size, method, jax_method, antialias):
   x = np.random.default_rng(0).uniform(0, 255, (3, *shape, 2)).astype(np.float32)
-  ours = augment.resize_batch(x, size)
-  ref = jax.image.resize(x, (3, size, size, 2), "linear", antialias=True)
+  ours = augment.resize_batch(x, size, method)
+  ref = jax.image.resize(x, (3, size, size, 2), jax_method, antialias=antialias)
   np.testing.assert_allclose(ours, np.asarray(ref), atol=2e-3)
   full = np.tile(np.array([[0, 0, shape[0], shape[1]]]), (3, 1))
-  np.testing.assert_allclose(augment.crop_resize(x, full, size), ours, atol=2e-3)
+  np.testing.assert_allclose(augment.crop_resize(x, full, size, method), ours, atol=2e-3)
 
 
 def test_resize_identity_and_constant():
@@ -116,33 +123,53 @@ def test_normalize():
   assert out.dtype == np.float32
 
 
-def test_mixup_labels_and_pixels():
-  images = np.arange(8, dtype=np.float32)[:, None, None, None] * np.ones((8, 4, 4, 1), np.float32)
-  labels = np.arange(8)
-  mixed, soft = augment.mix_batch(images, labels, 8, np.random.default_rng(0), mixup_alpha=0.4)
-  assert soft.shape == (8, 8) and soft.dtype == np.float32
+def constant_images(n: int, size: int = 10) -> np.ndarray:
+  """Image ``i`` is the constant ``i``, so every mixed pixel tells its sources apart."""
+  return np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((n, size, size, 1))
+
+
+def test_mixup_cutmix_split_ratios_and_label_weights_on_a_fixed_key():
+  """16 raw examples -> 8: 0-3 MixUp of (i, i + 4), 4-7 CutMix of (8 + i, 12 + i)."""
+  images, labels = constant_images(16), np.arange(16)
+  mixed, soft = augment.mix_batch(images, labels, 16, np.random.default_rng(7), 0.2, 1.0)
+  assert mixed.shape == (8, 10, 10, 1) and soft.shape == (8, 16) and soft.dtype == np.float32
   np.testing.assert_allclose(soft.sum(1), 1.0, atol=1e-6)
-  lams = set()
-  for i in range(8):
-    partner = [j for j in np.flatnonzero(soft[i]) if j != i]
-    j = partner[0] if partner else i
-    lam = float(soft[i, i])
-    lams.add(round(lam if partner else -1.0, 5))
-    np.testing.assert_allclose(mixed[i], lam * i + (1 - lam) * j, atol=1e-5)
-  assert len(lams - {-1.0}) == 1  # One mixing weight per batch.
+  draws = np.random.default_rng(7)
+  lams = draws.beta(0.2, 0.2, size=4)  # The same generator state: the MixUp ratios come first.
+  for i in range(4):  # MixUp: pixels lam * a + (1 - lam) * b with a = i, b = i + 4.
+    a, b = i, i + 4
+    assert set(np.flatnonzero(soft[i])) <= {a, b}
+    np.testing.assert_allclose(soft[i, a], lams[i], rtol=1e-6)
+    np.testing.assert_allclose(mixed[i], lams[i] * a + (1 - lams[i]) * b, rtol=1e-5)
+  assert len(set(np.round(lams, 6))) == 4  # One ratio per example, not per batch.
+  for i in range(4, 8):  # CutMix: a = 8 + (i - 4) inside the box, b = 12 + (i - 4) outside.
+    a, b = 8 + i - 4, 12 + i - 4
+    assert set(np.unique(mixed[i])) <= {a, b}
+    np.testing.assert_allclose(soft[i, a], np.mean(mixed[i] == a), atol=1e-6)
+    np.testing.assert_allclose(soft[i, b], np.mean(mixed[i] == b), atol=1e-6)
+  inside = [np.mean(mixed[i] == 8 + i - 4) for i in range(4, 8)]
+  assert any(0 < f < 1 for f in inside)  # Real boxes, not all-or-nothing.
 
 
-def test_cutmix_label_weight_is_pixel_fraction():
-  images = np.arange(6, dtype=np.float32)[:, None, None, None] * np.ones((6, 10, 10, 1), np.float32)
-  labels = np.arange(6)
-  for seed in range(5):
-    mixed, soft = augment.mix_batch(
-      images, labels, 6, np.random.default_rng(seed), cutmix_alpha=1.0
-    )
-    np.testing.assert_allclose(soft.sum(1), 1.0, atol=1e-6)
-    for i in range(6):
-      own_fraction = np.mean(mixed[i] == i)
-      assert soft[i, i] == pytest.approx(own_fraction, abs=1e-6) or soft[i, i] == 1.0
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_one_kind_mixes_the_first_half_with_the_second(kind):
+  images, labels = constant_images(6), np.arange(6)
+  alphas = {"mixup_alpha": 0.4} if kind == "mixup" else {"cutmix_alpha": 1.0}
+  mixed, soft = augment.mix_batch(images, labels, 6, np.random.default_rng(0), **alphas)
+  assert mixed.shape == (3, 10, 10, 1)
+  for i in range(3):
+    assert set(np.flatnonzero(soft[i])) <= {i, i + 3}
+    if kind == "mixup":
+      np.testing.assert_allclose(mixed[i], soft[i, i] * i + soft[i, i + 3] * (i + 3), rtol=1e-5)
+    else:
+      np.testing.assert_allclose(soft[i, i], np.mean(mixed[i] == i), atol=1e-6)
+
+
+def test_mixing_rejects_a_raw_batch_it_cannot_split():
+  with pytest.raises(
+    ValueError, match="mixup and cutmix needs a raw batch that is a multiple of 4"
+  ):
+    augment.mix_batch(constant_images(6), np.arange(6), 6, np.random.default_rng(0), 0.2, 1.0)
 
 
 def test_mix_disabled_gives_one_hot():

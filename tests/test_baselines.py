@@ -1,4 +1,4 @@
-"""Baselines (SPEC section 4): BN ResNetV2 in both orders, SkipInit, Fixup."""
+"""Baselines (paper Figure 1, Table 1): BN ResNetV2 in both orders, SkipInit, Fixup."""
 
 import functools
 
@@ -87,13 +87,83 @@ def test_fixup_init():
   model = lambda x: nf.FixupResNet(3, 50, width=0.25)(x, True)  # noqa: E731
   f = hk.transform(model)
   params = f.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-  block = params["fixup_resnet/stage3_block2/conv0"]["w"]
-  fan_in = np.prod(block.shape[:-1])
-  # He-normal std scaled by L^(-1/4) for 3-conv branches, L = 16 blocks.
-  assert float(jnp.std(block)) == pytest.approx(np.sqrt(2 / fan_in) * 16**-0.25, rel=0.05)
+  for conv in ("conv0", "conv1"):  # He-normal over the fan-out, times L^(-1/4), L = 16 blocks.
+    w = params[f"fixup_resnet/stage3_block2/{conv}"]["w"]
+    fan_out = np.prod(w.shape[:2]) * w.shape[3]
+    assert float(jnp.std(w)) == pytest.approx(np.sqrt(2 / fan_out) * 16**-0.25, rel=0.05)
+  shortcut = params["fixup_resnet/stage3_block1/conv_shortcut"]["w"]
+  assert float(jnp.std(shortcut)) == pytest.approx(np.sqrt(2 / shortcut.shape[3]), rel=0.05)
+  stem = params["fixup_resnet/stem"]["w"]  # Haiku's default: truncated, std 0.88 / sqrt(fan_in).
+  assert float(jnp.std(stem)) == pytest.approx(0.8796 / np.sqrt(7 * 7 * 3), rel=0.08)
+  assert float(jnp.max(jnp.abs(stem))) <= 2 / np.sqrt(7 * 7 * 3)
   np.testing.assert_array_equal(params["fixup_resnet/stage3_block2/conv2"]["w"], 0.0)
   np.testing.assert_array_equal(params["fixup_resnet/classifier"]["w"], 0.0)
   assert params["fixup_resnet/stage3_block2"]["scale"] == 1.0
+
+
+def _conv(x, w, stride=1):
+  return jax.lax.conv_general_dilated(
+    x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+
+
+@pytest.mark.parametrize("projection", [False, True])
+def test_fixup_block_is_the_reference_formula(projection):
+  """By hand: out = x + b1a feeds branch and shortcut; relu(sc + scale * f(out) + b3b)."""
+  channels_in, channels = (8, 16) if projection else (16, 16)
+  spec = nf.layout.BlockSpec(
+    "block", 0, 1, channels_in, channels, 2 if projection else 1, projection, projection,
+    1.0, 1.0, 0.0,
+  )  # fmt: skip
+  block = hk.transform(
+    lambda x: nf.baselines.FixupBlock(spec, block_type="bottleneck", num_blocks=4)(x, False)
+  )
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, channels_in))
+  params = block.init(jax.random.key(1), x)
+  keys = iter(jax.random.split(jax.random.key(2), 32))
+  params = jax.tree.map(lambda p: jax.random.normal(next(keys), p.shape), params)  # No zeros.
+  b = params["block"]
+  w = {name.split("/")[-1]: v["w"] for name, v in params.items() if "w" in v}
+  out = x + b["bias0a"]
+  shortcut = _conv(out, w["conv_shortcut"], 2) if projection else out
+  h = jax.nn.relu(_conv(out, w["conv0"]) + b["bias0b"])
+  h = jax.nn.relu(_conv(h + b["bias1a"], w["conv1"], spec.stride) + b["bias1b"])
+  h = _conv(h + b["bias2a"], w["conv2"]) * b["scale"] + b["bias_out"]
+  expected = jax.nn.relu(h + shortcut)
+  np.testing.assert_allclose(block.apply(params, None, x), expected, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+  "cls, count",
+  [(nf.SkipInitResNet, 25_530_424), (nf.FixupResNet, 25_504_026)],
+  ids=["skipinit", "fixup"],
+)
+def test_baseline_50_parameter_counts_equal_the_reference(cls, count):
+  params, _ = _shapes(lambda x: cls(1000, 50)(x, True))
+  assert nf.count_params(params) == count
+
+
+def test_skipinit_and_bn_use_the_reference_initializers():
+  f = hk.transform(lambda x: nf.SkipInitResNet(10, 50, width=0.25)(x, True))
+  params = f.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  assert set(params["skipinit_resnet/stem"]) == {"w"}  # No stem bias.
+  np.testing.assert_array_equal(params["skipinit_resnet/classifier"]["w"], 0.0)
+  w = params["skipinit_resnet/stage3_block2/conv1"]["w"]
+  fan_in = np.prod(w.shape[:-1])
+  assert float(jnp.std(w)) == pytest.approx(0.8796 / np.sqrt(fan_in), rel=0.05)
+  he = hk.transform(lambda x: nf.SkipInitResNet(10, 50, width=0.25, conv_init="he")(x, True))
+  w_he = he.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))[
+    "skipinit_resnet/stage3_block2/conv1"
+  ]
+  assert float(jnp.std(w_he["w"])) == pytest.approx(np.sqrt(2 / fan_in), rel=0.05)
+  bn = hk.transform_with_state(lambda x: nf.ResNetV2(10, 50, width=0.25)(x, True))
+  bn_params, _ = bn.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  w_bn = bn_params["resnet_v2/stage3_block2/conv1"]["w"]
+  assert float(jnp.std(w_bn)) == pytest.approx(0.8796 / np.sqrt(fan_in), rel=0.05)
+  with pytest.raises(ValueError, match="conv_init"):
+    hk.transform(lambda x: nf.SkipInitResNet(10, 18, conv_init="xavier")(x, True)).init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+    )
 
 
 def test_cross_replica_batchnorm_matches_global_batch():

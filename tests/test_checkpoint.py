@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from experiments import checkpoint, data, steps
-from experiments.configs import base_config
+from experiments.configs import quickstart
 from experiments.train import Trainer
 
 NUM_STEPS = 7
@@ -23,9 +23,9 @@ NUM_TEST = 40  # Eval batch 16 -> batches of 16, 16 and a padded 8.
 
 
 def tiny_config() -> ml_collections.ConfigDict:
-  config = base_config()
-  config.model = ml_collections.ConfigDict({"depth": 18, "width": 0.125, "stem": "cifar"})
-  config.data.name = "synthetic"
+  """The quick-start smoke config with a ragged eval split, checkpoints and EMA."""
+  config = quickstart.get_config("smoke")
+  config.model.width = 0.125
   config.data.image_size = 8
   config.data.synthetic.update(num_train=64, num_test=NUM_TEST, image_size=8, channels=1)
   config.train.update(
@@ -36,9 +36,8 @@ def tiny_config() -> ml_collections.ConfigDict:
     keep_checkpoints=2,
     log_every=1,
     ema_decay=0.9,
-    progress_bar=False,
   )
-  config.optimizer.update(base_lr=0.4, warmup_steps=2)
+  config.optimizer.update(warmup_steps=2)
   return config
 
 
@@ -120,7 +119,7 @@ def test_eval_counts_every_example_once(runs):
   batch = next(data.eval_batches(trainer.test_source, runs["config"].data, global_batch_size=64))
   assert batch["mask"].sum() == NUM_TEST
   state = steps.fetch(runs["full_state"])
-  logits, _ = trainer.model.apply(
+  logits, _ = trainer.experiment.model.apply(
     state.params, state.model_state, None, jnp.asarray(batch["image"]), is_training=False
   )
   correct = np.argmax(logits, -1)[:NUM_TEST] == batch["label"][:NUM_TEST]

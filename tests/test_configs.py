@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import pytest
 
 import nfresnet
-from experiments import models, optim, sweep
+from experiments import models, optim
 from experiments.configs import ConfigError, args, imagenet
+from experiments.studies import sweep
 from experiments.train import train_and_evaluate
 
 CONFIG_DIR = pathlib.Path(__file__).parents[1] / "experiments" / "configs"
@@ -64,10 +65,24 @@ def check_full_size(config) -> None:
     assert kwargs["variant"] in nfresnet.NF_REGNET_VARIANTS
 
 
+FASHION_MNIST_SWEEPS = (
+  "table1_tune",
+  "meanshift_tune",
+  "activation_tune",
+  "table1_short",
+  "table2_short",
+  "depth",
+  "activation_short",
+  "meanshift_short",
+  "table3",
+  "table1_full",
+)  # The protocol's seed sweeps need a tuning.csv: test_protocol_seed_sweeps_read_tuning_csv.
+
+
 def all_sweeps():
   for name in CONFIG_FILES:
-    extra = () if name == "imagenet" else ("table1_full",)
-    for sweep_name in (*SWEEP_NAMES, *extra):
+    names = (*SWEEP_NAMES, "table1_full") if name != "imagenet" else SWEEP_NAMES
+    for sweep_name in FASHION_MNIST_SWEEPS if name == "fashion_mnist" else names:
       yield name, sweep_name
 
 
@@ -147,7 +162,7 @@ def test_derived_values_follow_overrides():
   assert schedule.warmup_steps == round(5 * IMAGENET_TRAIN_EXAMPLES / 256)
   assert schedule.peak_lr == pytest.approx(0.1)
   skipinit = optim.make_schedule(imagenet.get_config("model=skipinit"), IMAGENET_TRAIN_EXAMPLES)
-  assert skipinit.peak_lr == pytest.approx(0.2)  # SPEC 6: SkipInit/Fixup at 0.2.
+  assert skipinit.peak_lr == pytest.approx(0.2)  # SkipInit/Fixup at 0.2 (paper Section 5).
 
 
 def test_regnet_recipe_is_not_batch_scaled_and_reads_the_variant_table():
@@ -204,4 +219,40 @@ def test_parse_args_defaults_and_types():
     "depth": 18,
     "lr": 0.5,
     "smoke": True,
+  }
+
+
+def test_protocol_tuning_grid_and_seed_sweeps_read_tuning_csv(tmp_path, monkeypatch):
+  from experiments.configs import fashion_mnist, small_images
+
+  grid = fashion_mnist.get_sweep("table1_tune")
+  assert len(grid) == 12 * 3  # 4 models x 2 depths + NF/BN regularized x 2 depths; 3 rates.
+  assert {e.overrides["optimizer.base_lr"] for e in grid} == {0.05, 0.1, 0.2}
+  assert all(e.overrides["data.validation_examples"] == 5000 for e in grid)
+  monkeypatch.setattr(small_images, "RESULTS_DIR", tmp_path)
+  with pytest.raises(
+    ConfigError, match="tuning.csv not found: run the fashion_mnist.py:table1_tune"
+  ):
+    fashion_mnist.get_sweep("table1")
+  (tmp_path / "table1").mkdir()
+  lines = ["cell,base_lr,val/accuracy,last_fifth_gain,chosen,run"]
+  for entry in grid:
+    cell, lr = entry.name.rsplit("_lr", 1)
+    lines.append(f"{cell},{lr},0.9,0.001,{int(float(lr) == 0.2)},{entry.name}")
+  (tmp_path / "table1" / "tuning.csv").write_text("\n".join(lines) + "\n")
+  seeds = fashion_mnist.get_sweep("table1")
+  assert len(seeds) == 12 * 3 and {e.overrides["optimizer.base_lr"] for e in seeds} == {0.2}
+  assert {e.overrides["train.seed"] for e in seeds} == {0, 1, 2}
+  table2 = fashion_mnist.get_sweep("table2")
+  assert len(table2) == 2 * 9 * 3
+  assert {e.overrides["train.batch_size"] for e in table2} == {
+    4,
+    8,
+    16,
+    32,
+    64,
+    128,
+    256,
+    512,
+    1024,
   }

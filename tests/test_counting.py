@@ -19,13 +19,13 @@ def test_hand_count_small_model():
     return hk.Linear(10)(jnp.mean(h, axis=(1, 2)))
 
   hand = 8 * 8 * 8 * (3 * 3 * 3) + 8 * 8 * 4 * (8 // 2) + 4 * 10
-  assert nf.count_flops(model, (2, 16, 16, 3)) == hand
+  assert nf.count_macs(model, (2, 16, 16, 3)) == hand
 
 
 def test_nf_resnet50_macs_at_224():
-  macs = nf.count_flops(lambda x: nf.NFResNet(1000)(x, is_training=False), (1, 224, 224, 3))
+  macs = nf.count_macs(lambda x: nf.NFResNet(1000)(x, is_training=False), (1, 224, 224, 3))
   assert macs == 4_089_184_256
-  bn = nf.count_flops(lambda x: nf.ResNetV2(1000)(x, is_training=False), (1, 224, 224, 3))
+  bn = nf.count_macs(lambda x: nf.ResNetV2(1000)(x, is_training=False), (1, 224, 224, 3))
   assert bn == macs
 
 
@@ -33,7 +33,7 @@ def test_macs_agree_with_xla_cost_analysis():
   def model(x):
     return nf.NFResNet(10, 18, width=0.25, stem="cifar")(x, is_training=False)
 
-  macs = nf.count_flops(model, (1, 96, 96, 3))
+  macs = nf.count_macs(model, (1, 96, 96, 3))
   f = hk.transform(model)
   x = jnp.zeros((1, 96, 96, 3))
   params = jax.eval_shape(f.init, jax.random.key(0), x)

@@ -332,3 +332,26 @@ def test_shared_cifar10_subset(shared_data_dir):
   np.testing.assert_array_equal(
     test.images[0, 0, -3:], [[137, 95, 36], [126, 91, 36], [116, 85, 33]]
   )
+
+
+def test_validation_split_is_held_out_of_train_and_fixed():
+  config = _config("digits", validation_examples=300)
+  train = data.load_source(config, "train")
+  validation = data.load_source(config, "validation")
+  full = data.load_source(_config("digits"), "train")
+  assert (len(train), len(validation), len(full)) == (1137, 300, 1437)
+  held_out = data.sources.validation_indices(1437, 300)
+  np.testing.assert_array_equal(held_out, data.sources.validation_indices(1437, 300))
+  rest = np.setdiff1d(np.arange(1437), held_out)
+  images, labels = validation.get_batch(np.arange(300))
+  np.testing.assert_array_equal(images, full.images[held_out])
+  np.testing.assert_array_equal(labels, full.labels[held_out])
+  np.testing.assert_array_equal(train.get_batch(np.arange(5))[0], full.images[rest[:5]])
+  assert len(set(held_out) & set(rest)) == 0
+  assert train.mean == full.mean and validation.num_classes == 10
+  # Test is untouched; without validation_examples there is no validation split.
+  assert len(data.load_source(config, "test")) == 360
+  with pytest.raises(ValueError, match="needs data.validation_examples > 0"):
+    data.load_source(_config("digits"), "validation")
+  with pytest.raises(ValueError, match=r"validation_examples=1437 must be in \[1, 1436\]"):
+    data.load_source(_config("digits", validation_examples=1437), "train")

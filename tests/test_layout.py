@@ -1,4 +1,4 @@
-"""Variant table and beta bookkeeping (SPEC section 3)."""
+"""Variant table and beta bookkeeping (paper Section 4)."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import pytest
 import nfresnet as nf
 from nfresnet.layout import RESNET_DEPTHS, stage_ends
 
-# SPEC section 3: beta^2 for depths [3, 4, 6, 3] and alpha = 0.2.
-SPEC_BETA_SQUARED = [
+# beta^2 for depths [3, 4, 6, 3] and alpha = 0.2 (paper Section 4).
+RESNET50_BETA_SQUARED = [
     1.00, 1.04, 1.08,
     1.12, 1.04, 1.08, 1.12,
     1.16, 1.04, 1.08, 1.12, 1.16, 1.20,
@@ -15,11 +15,11 @@ SPEC_BETA_SQUARED = [
 ]  # fmt: skip
 
 
-def test_beta_sequence_matches_spec():
+def test_beta_sequence_resnet50():
   _, _, specs = nf.resnet_specs(50)
-  np.testing.assert_allclose([s.beta**2 for s in specs], SPEC_BETA_SQUARED, atol=1e-12)
+  np.testing.assert_allclose([s.beta**2 for s in specs], RESNET50_BETA_SQUARED, atol=1e-12)
   inputs, _ = nf.expected_variances([3, 4, 6, 3], 0.2)
-  np.testing.assert_allclose(inputs, SPEC_BETA_SQUARED, atol=1e-12)
+  np.testing.assert_allclose(inputs, RESNET50_BETA_SQUARED, atol=1e-12)
 
 
 def test_expected_output_variance_resets_at_transitions():

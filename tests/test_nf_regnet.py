@@ -13,10 +13,12 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from nfresnet import NF_REGNET_VARIANTS, NFRegNet, count_flops, count_params, signal_propagation
+from experiments import builder, steps
+from experiments.configs import imagenet
+from experiments.train_state import TrainState
+from nfresnet import NF_REGNET_VARIANTS, NFRegNet, count_macs, count_params, signal_propagation
 
 VARIANTS = tuple(NF_REGNET_VARIANTS)
 
@@ -144,14 +146,14 @@ def test_b0_layer_shapes(abstract_params):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_flops_at_test_resolution(variant):
+def test_macs_at_test_resolution(variant):
   res = NF_REGNET_VARIANTS[variant].test_resolution
-  macs = count_flops(model_fn(variant), (1, res, res, 3))
+  macs = count_macs(model_fn(variant), (1, res, res, 3))
   assert macs == MACS[variant]
   assert macs == reference_counts(variant)[1]
 
 
-def test_reported_flops_b0_b1():
+def test_reported_macs_b0_b1():
   assert round(MACS["B0"] / 1e9, 2) == 0.44
   assert round(MACS["B1"] / 1e9, 2) == 0.73
 
@@ -194,26 +196,27 @@ def b0_params():
 
 
 def test_sgd_steps_decrease_loss(b0_params):
-  model = hk.transform(lambda x: NFRegNet(10, "B0", skip_gain_init=1.0)(x, is_training=True))
-  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-  labels = jnp.array([3, 7])
-  optimizer = optax.sgd(0.1, momentum=0.9)
-
-  def loss_fn(params, rng):
-    logits = model.apply(params, rng, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-  def step(params, opt_state, rng):
-    loss, grads = jax.value_and_grad(loss_fn)(params, rng)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  step = jax.jit(step, compiler_options=FAST_COMPILE)
-
-  params, opt_state, losses = b0_params, optimizer.init(b0_params), []
-  for i in range(3):
-    params, opt_state, loss = step(params, opt_state, rbg_key(i))
-    losses.append(float(loss))
+  """Three steps of the builder's train step (the NF-RegNet config's smoke form, full B0)."""
+  config = imagenet.get_config("model=nf_regnet,variant=B0,smoke")
+  config.model.update(width=0.75, skip_gain_init=1.0)  # The constructor defaults of b0_params.
+  config.train.update(batch_size=8, ema_decay=0.0)
+  config.optimizer.update(warmup_steps=0, base_lr=0.1, end_lr=0.1)
+  experiment = builder.build(config, 10, 1000)
+  images = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+  batch = {"image": images, "label": jnp.arange(8) % 10}
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=b0_params,
+    model_state={},
+    opt_state=experiment.optimizer.init(b0_params),
+    ema_params=None,
+    rng=jax.random.key_data(jax.random.key(0)),
+  )
+  state = jax.device_put(state, steps.replicated_sharding(experiment.mesh))
+  losses = []
+  for _ in range(3):
+    state, metrics = experiment.train_step(state, experiment.shard_batch(batch))
+    losses.append(float(steps.fetch(metrics)["loss"]))
   assert losses[0] == pytest.approx(math.log(10), abs=1e-6)  # Zero-initialised classifier.
   assert losses[0] > losses[1] > losses[2]
   assert np.isfinite(losses).all()

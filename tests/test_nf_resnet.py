@@ -133,7 +133,7 @@ def _block_output_stats(model_fn, x):
 
 
 def test_scaled_ws_network_preserves_signal_at_init():
-  # SPEC sections 3 and 5: with skip gain 1, block k of a stage has output variance
+  # Paper Section 4 and Figure 2: with skip gain 1, block k of a stage has output variance
   # 1 + k * alpha^2 and squared channel mean near 0, at 224 px as in the paper.
   # Width 0.5 keeps enough channels (at width 0.25 inter-channel correlation lowers
   # late-stage variances by up to 8%); smaller images put stage 4 at 4x4, where zero

@@ -10,14 +10,16 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import models, optim, steps
-from experiments.configs import ConfigError, base_config
+import nfresnet
+from experiments import builder, models, optim, steps
+from experiments.configs import ConfigError, base_config, quickstart
 
 
 def init_params(model_name: str) -> hk.Params:
-  config = base_config()
+  config = quickstart.get_config("smoke")
   config.model_name = model_name
-  config.model = ml_collections.ConfigDict({"depth": 18, "width": 0.125, "stem": "cifar"})
+  kept = {k: v for k, v in config.model.items() if k != "stack_blocks"}  # NF-ResNet only.
+  config.model = ml_collections.ConfigDict(kept)
   model = models.build_model(config, 10)
   return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), True))[0]
 
@@ -69,6 +71,12 @@ def test_derived_values_are_computed_from_the_config_at_run_time():
   config.train.num_steps = 7
   config.optimizer.scale_by_batch = False
   assert optim.make_schedule(config, 1000) == optim.Schedule(7, 7, 0.1, 0.0)
+  config.optimizer.warmup_fraction = 0.25  # Of the 7 steps: 2, whatever the epochs.
+  assert optim.make_schedule(config, 1000).warmup_steps == 2
+  config.train.eval_every_epochs = 0.5  # 500 examples at batch 50: every 10 steps.
+  assert optim.make_schedule(config, 1000).eval_every == 10
+  config.train.batch_size = 100
+  assert optim.make_schedule(config, 1000).eval_every == 5
 
 
 def test_warmup_then_cosine_values():
@@ -89,10 +97,15 @@ def test_zero_step_warmup_starts_at_peak_without_nan():
   assert optim.make_schedule(config, 1000).warmup_steps == 0
 
 
+def built_optimizer(lr: float = 1.0, **opt) -> optax.GradientTransformation:
+  """The builder's optimizer for the quick-start smoke config at a constant learning rate."""
+  config = quickstart.get_config("smoke")
+  config.optimizer.update(scale_by_batch=False, base_lr=lr, end_lr=lr, warmup_steps=0, **opt)
+  return builder.build(config, 10, 64).optimizer
+
+
 def sgd_updates(nesterov: bool, grads: list[float], momentum=0.9, lr=1.0):
-  config = base_config().optimizer
-  config.update(nesterov=nesterov, momentum=momentum, weight_decay=0.0)
-  tx = optim.build_optimizer(config, lambda _: lr)
+  tx = built_optimizer(lr, nesterov=nesterov, momentum=momentum, weight_decay=0.0)
   params = {"m": {"w": jnp.zeros(())}}
   state = tx.init(params)
   out = []
@@ -111,9 +124,7 @@ def test_nesterov_flag_is_honoured():
 
 
 def test_coupled_weight_decay_only_on_masked_params():
-  config = base_config().optimizer
-  config.update(momentum=0.0, weight_decay=0.1, nesterov=False)
-  tx = optim.build_optimizer(config, lambda _: 1.0)
+  tx = built_optimizer(momentum=0.0, weight_decay=0.1, nesterov=False)
   params = {"net/conv": {"w": jnp.full((2,), 2.0), "gain": jnp.full((2,), 2.0)}}
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
@@ -122,9 +133,7 @@ def test_coupled_weight_decay_only_on_masked_params():
 
 
 def test_agc_clips_body_but_not_classifier():
-  config = base_config().optimizer
-  config.update(momentum=0.0, weight_decay=0.0, agc_clip=0.01, agc_eps=1e-3)
-  tx = optim.build_optimizer(config, lambda _: 1.0)
+  tx = built_optimizer(momentum=0.0, weight_decay=0.0, agc_clip=0.01, agc_eps=1e-3)
   params = {"net/conv": {"w": jnp.ones((1, 1, 1, 2))}, "net/classifier": {"w": jnp.ones((1, 2))}}
   grads = jax.tree.map(lambda p: 100.0 * p, params)
   updates, _ = tx.update(grads, tx.init(params), params)
@@ -134,9 +143,7 @@ def test_agc_clips_body_but_not_classifier():
 
 
 def test_adamw_option_steps():
-  config = base_config().optimizer
-  config.update(name="adamw", weight_decay=0.1)
-  tx = optim.build_optimizer(config, lambda _: 1e-3)
+  tx = built_optimizer(1e-3, name="adamw", weight_decay=0.1)
   params = {"net/conv": {"w": jnp.ones((2,)), "bias": jnp.ones((2,))}}
   updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
   # Adam's first step is -lr * sign(g); decoupled decay adds -lr * wd * w on "w" only.
@@ -145,10 +152,8 @@ def test_adamw_option_steps():
 
 
 def test_unknown_optimizer_names_the_allowed_ones():
-  config = base_config().optimizer
-  config.name = "lamb"
-  with pytest.raises(ConfigError, match="'lamb'; allowed: sgd, adamw"):
-    optim.build_optimizer(config, lambda _: 0.1)
+  with pytest.raises(ConfigError, match="optimizer.name 'lamb'; allowed: sgd, adamw"):
+    built_optimizer(name="lamb")
 
 
 def test_label_smoothing_cross_entropy():
@@ -167,3 +172,42 @@ def test_label_smoothing_cross_entropy():
     steps.cross_entropy(logits, jnp.array([0]), 0.0),
     rtol=1e-6,
   )
+
+
+def test_agc_clips_stacked_blocks_as_the_unrolled_model():
+  """AGC on ``stack_blocks=True`` parameters gives the unrolled model's updates, block by block."""
+  config = quickstart.get_config("smoke")
+  config.model.update(depth=50, stem="cifar")  # Stages of 3, 4, 6, 3 blocks: 12 stacked.
+  model = models.build_model(config, 10)
+  unrolled = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), True)[0])()
+  keys = iter(jax.random.split(jax.random.key(1), 1000))
+  # Gradients between 0.001x and 0.1x the parameters: some units are clipped, others not.
+  grads = jax.tree.map(
+    lambda p: (
+      p * jnp.exp(jax.random.uniform(next(keys), p.shape, minval=-7, maxval=-2.3))
+      + 1e-3 * jax.random.normal(next(keys), p.shape)
+    ),
+    unrolled,
+  )
+  tx = built_optimizer(momentum=0.0, weight_decay=0.0, agc_clip=0.01, agc_eps=1e-3)
+
+  def updates(params, g):
+    return tx.update(g, tx.init(params), params)[0]
+
+  expected = updates(unrolled, grads)
+  stacked = nfresnet.stack_params(unrolled)
+  assert any(nfresnet.is_stacked_module(name) for name in stacked)
+  got = nfresnet.unstack_params(updates(stacked, nfresnet.stack_params(grads)))
+  assert got.keys() == expected.keys()
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), got, expected)
+  clipped = [
+    float(jnp.max(jnp.abs(u + g))) > 1e-6
+    for u, g in zip(jax.tree.leaves(expected), jax.tree.leaves(grads), strict=True)
+  ]
+  assert any(clipped) and not all(clipped)  # The check covers both regimes.
+  # optax's AGC alone takes the unit-wise norms over the stacking axis and differs.
+  plain = optax.adaptive_grad_clip(0.01, eps=1e-3)
+  wrong = plain.update(nfresnet.stack_params(grads), optax.EmptyState(), stacked)[0]
+  wrong = nfresnet.unstack_params(jax.tree.map(lambda u: -u, wrong))
+  diffs = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), wrong, expected)
+  assert max(jax.tree.leaves(diffs)) > 1e-6

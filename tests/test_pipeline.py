@@ -43,6 +43,7 @@ def test_batch_shapes_and_types(digits):
   assert batch["image"].shape == (16, 16, 16, 1) and batch["image"].dtype == np.float32
   assert batch["label"].shape == (16,) and batch["label"].dtype == np.int32
   mixed = next(data.train_batches(digits, _config(mixup_alpha=0.2), global_batch_size=16, seed=0))
+  assert mixed["image"].shape == (16, 16, 16, 1)  # 32 raw examples mixed into 16.
   assert mixed["label"].shape == (16, 10) and mixed["label"].dtype == np.float32
   np.testing.assert_allclose(mixed["label"].sum(1), 1.0, atol=1e-6)
   inception = _config(augment="inception", image_size=12)

@@ -70,3 +70,19 @@ def test_quickstart_smoke_form():
   config = quickstart.get_config("model=bn,smoke")
   assert config.model_name == "resnet_v2" and config.data.name == "synthetic"
   assert config.train.num_steps == 2 and config.model.width == 0.0625
+
+
+def test_validation_split_drives_periodic_evals_and_test_runs_once(tmp_path):
+  """With a validation split: eval_every evaluates validation; the test split only at the end."""
+  config = quickstart.get_config(None)
+  config.data.validation_examples = 300
+  config.train.update(num_steps=3, eval_every=2, log_every=1, checkpoint_every=0)
+  config.train.progress_bar = False
+  _, metrics = train_and_evaluate(config, tmp_path)
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [(r["step"], r["kind"]) for r in rows if r["kind"] != "train"] == [
+    (2, "val"),
+    (3, "val"),
+    (3, "eval"),
+  ]
+  assert metrics["val/count"] == 300 and metrics["eval/count"] == NUM_DIGITS_TEST

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from experiments import report
+from experiments.studies import report
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -99,7 +99,7 @@ def test_bad_input_errors(root, tmp_path_factory):
 
 def test_cli_empty_directory_exits_2_with_one_line(tmp_path):
   done = subprocess.run(
-    [sys.executable, "-m", "experiments.report", str(tmp_path)],
+    [sys.executable, "-m", "experiments.studies.report", str(tmp_path)],
     capture_output=True,
     text=True,
     cwd=REPO,
@@ -107,3 +107,34 @@ def test_cli_empty_directory_exits_2_with_one_line(tmp_path):
   )
   assert done.returncode == 2
   assert done.stderr.strip() == f"error: no runs under {tmp_path}: no metrics.jsonl found"
+
+
+def test_check_passes_on_a_fresh_report_and_fails_on_an_altered_one(tmp_path):
+  root = tmp_path / "runs"
+  for name, seed, acc in [("nf_seed0", 0, 0.8), ("nf_seed1", 1, 0.82)]:
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model_name": "nf", "train": {"seed": seed}}))
+    rows = [
+      {"step": 4, "kind": "val", "accuracy": acc - 0.01},
+      {"step": 5, "kind": "val", "accuracy": acc - 0.004},
+      {"step": 5, "kind": "eval", "accuracy": acc},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  out = tmp_path / "study"
+  report.write_report(root, out=out)
+  assert json.loads((out / "report.json").read_text())["root"] == str(root)
+  assert report.check_report(out) == 2
+  text = (out / "report.md").read_text()
+  assert "+0.60 (not met)" in text  # 0.816 - 0.810 over the last fifth (steps 4-5).
+  (out / "report.md").write_text(text.replace("81.00", "81.50"))
+  with pytest.raises(report.ReportMismatch, match=r"report.md line \d+ differs from its runs"):
+    report.check_report(out)
+  proc = subprocess.run(
+    [sys.executable, "-m", "experiments.studies.report", "--check", str(out)],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+  )
+  assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "line" in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,4 +1,4 @@
-"""Signal propagation (SPEC section 5): the acceptance numbers of issue 3.
+"""Signal propagation (paper Section 3, Figures 1 and 2): per-block statistics at init.
 
 The expensive fixtures (ResNet-50 layouts at 224 px, the depth-288 He-init
 network) are module-scoped and compiled once each. Full width keeps the
@@ -16,7 +16,7 @@ import nfresnet
 from nfresnet.mean_field import mean_field_signal_variance
 from nfresnet.signal_propagation import channel_statistics, draw_params, expected_signal_variance
 
-RELU_VAR = 0.340845  # Var[relu(z)], z ~ N(0, 1) (SPEC section 1).
+RELU_VAR = 0.340845  # Var[relu(z)], z ~ N(0, 1) = (1 - 1/pi) / 2 (paper Section 4).
 INV_PI = 1.0 / np.pi  # E[relu(z)]^2 * 2: squared-mean growth per BN-ReLU-Conv block.
 
 
@@ -64,7 +64,7 @@ def silu288():
 @pytest.fixture(scope="module", params=["bn_relu", "relu_bn"])
 def bn50(request):
   """ResNet-V2-50 with BatchNorm in training mode (batch statistics), 224 px, batch 4."""
-  model_fn = lambda x: nfresnet.ResNetV2(10, 50, order=request.param)(x, True)
+  model_fn = lambda x: nfresnet.ResNetV2(10, 50, order=request.param, conv_init="he")(x, True)
   return request.param, measure(model_fn, gaussian(4, 224))
 
 
@@ -75,11 +75,11 @@ def tiny_nf(x):
 
 
 def tiny_bn(x):
-  return nfresnet.ResNetV2(10, 26, order="relu_bn")(x, True)
+  return nfresnet.ResNetV2(10, 26, order="relu_bn", conv_init="he")(x, True)
 
 
-def test_expected_signal_variance_matches_spec():
-  # beta^2 of every block of NF-ResNet-50, alpha 0.2 (SPEC section 3).
+def test_expected_signal_variance_resnet50():
+  # beta^2 of every block of NF-ResNet-50, alpha 0.2 (paper Section 4).
   beta_sq = [1.00, 1.04, 1.08, 1.12, 1.04, 1.08, 1.12, 1.16, 1.04, 1.08, 1.12, 1.16, 1.20, 1.24]
   beta_sq += [1.04, 1.08]
   curve = expected_signal_variance(50, alpha=0.2)
@@ -107,7 +107,7 @@ def test_nf_scaled_ws_follows_analytic_curve(nf50):
   relative = np.abs(nf50["avg_var"] / nf50["expected_var"] - 1.0)
   assert relative[stages].max() < 0.05, relative
   assert nf50["avg_sq_mean"][1:].max() < 0.02, nf50["avg_sq_mean"]
-  # Zero padding of the 7x7 stage-4 maps lowers its 3x3-conv variances (SPEC section 5).
+  # Zero padding of the 7x7 stage-4 maps lowers its 3x3-conv variances (docs/signal_propagation.md).
   residual = nf50["residual_var"][stages]
   assert 0.85 <= residual.min() and residual.max() <= 1.1, residual
   assert np.isfinite([nf50["stem_avg_sq_mean"], nf50["stem_avg_var"]]).all()
@@ -172,7 +172,7 @@ def test_batchnorm_orders(bn50):
   within_stage = np.diff(result["stage"]) == 0
   if order == "relu_bn":
     assert result["avg_sq_mean"].max() < 0.01, result["avg_sq_mean"]
-    # He-init convs: each branch adds variance 2 (SPEC section 5), reset at transitions.
+    # He-init convs: each branch adds variance 2 (paper Figure 1), reset at transitions.
     np.testing.assert_allclose(result["residual_var"], 2.0, rtol=0.05)
     np.testing.assert_allclose(np.diff(result["avg_var"])[within_stage], 2.0, rtol=0.05)
   else:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import nfresnet
-from experiments import spp, spp_models
+from experiments.spp import cli as spp
+from experiments.spp import models as spp_models
 
 TINY = "depth=18,width=0.125,stem=cifar"
 
@@ -91,7 +92,7 @@ def test_writes_png_json_csv(outputs):
   silu = nfresnet.mean_field_signal_variance(18, "silu")
   assert nf["mean_field"]["avg_var"] == pytest.approx(silu["avg_var"].tolist())
   assert nf["mean_field"]["residual_var"] == pytest.approx(silu["residual_var"].tolist())
-  # ReLU-BN-Conv with batch statistics: channel means near zero (SPEC section 5) on the
+  # ReLU-BN-Conv with batch statistics: channel means near zero (paper Figure 1) on the
   # 16 px maps of stage 1; the 2 px maps of stage 4 leave 16 samples per channel.
   assert max(bn["avg_sq_mean"][:2]) < 0.01
   with open(outputs / "spp.csv") as f:

@@ -1,6 +1,6 @@
 """The sweep runner end to end: a 2-entry synthetic sweep, its report, failures, reruns, dry runs.
 
-The sweeps run through the real command line (``python -m experiments.sweep``),
+The sweeps run through the real command line (``python -m experiments.studies.sweep``),
 whose entries are themselves ``experiments.main`` processes; the test config
 uses the digits config's ``:smoke`` form (synthetic data, 2 steps) on one CPU
 device, so each trained entry costs one small compilation.
@@ -16,8 +16,8 @@ import textwrap
 
 import pytest
 
-from experiments import report, sweep
 from experiments.configs import ConfigError
+from experiments.studies import report, sweep
 
 REPO = pathlib.Path(__file__).parents[1]
 TEST_CONFIG = textwrap.dedent(
@@ -67,7 +67,7 @@ def sweep_root(tmp_path_factory):
   config = base / "tiny_sweep.py"
   config.write_text(TEST_CONFIG)
   root = base / "root"
-  done = run_cli("experiments.sweep", f"--config={config}:pair", f"--workdir={root}")
+  done = run_cli("experiments.studies.sweep", f"--config={config}:pair", f"--workdir={root}")
   return config, root, done
 
 
@@ -101,7 +101,7 @@ def test_two_entry_sweep_runs_and_reports_both_entries(sweep_root):
 def test_rerun_skips_finished_entries(sweep_root):
   config, root, _ = sweep_root
   before = (root / "pair_a" / "metrics.jsonl").read_text()
-  again = run_cli("experiments.sweep", f"--config={config}:pair", f"--workdir={root}")
+  again = run_cli("experiments.studies.sweep", f"--config={config}:pair", f"--workdir={root}")
   assert again.returncode == 0
   assert again.stdout.count("finished, skipped") == 2
   assert (root / "pair_a" / "metrics.jsonl").read_text() == before
@@ -109,7 +109,7 @@ def test_rerun_skips_finished_entries(sweep_root):
 
 def test_failing_entries_do_not_stop_the_rest(sweep_root):
   config, root, _ = sweep_root
-  done = run_cli("experiments.sweep", f"--config={config}:broken", f"--workdir={root}")
+  done = run_cli("experiments.studies.sweep", f"--config={config}:broken", f"--workdir={root}")
   assert done.returncode == 1
   assert "[4/4] fresh_c: done in" in done.stdout  # Ran after two failures.
   assert "sweep: 2 of 4 entries done" in done.stdout
@@ -122,7 +122,7 @@ def test_failing_entries_do_not_stop_the_rest(sweep_root):
 def test_dry_run_prints_one_command_per_entry(sweep_root):
   config, root, _ = sweep_root
   done = run_cli(
-    "experiments.sweep", f"--config={config}:broken", "--workdir=/cluster", "--dry_run"
+    "experiments.studies.sweep", f"--config={config}:broken", "--workdir=/cluster", "--dry_run"
   )
   lines = done.stdout.splitlines()
   assert done.returncode == 0 and len(lines) == 4
@@ -139,7 +139,7 @@ def test_dry_run_prints_one_command_per_entry(sweep_root):
 
 def test_unknown_sweep_name_is_a_one_line_usage_error(sweep_root):
   config, root, _ = sweep_root
-  done = run_cli("experiments.sweep", f"--config={config}:nope", f"--workdir={root}")
+  done = run_cli("experiments.studies.sweep", f"--config={config}:nope", f"--workdir={root}")
   assert done.returncode == 2
   assert done.stderr.strip().splitlines() == [
     "error: unknown tiny sweep 'nope'; allowed: pair, broken"

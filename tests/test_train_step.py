@@ -6,24 +6,23 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import models, optim, steps
-from experiments.configs import base_config
+from experiments import builder, steps
+from experiments.configs import quickstart
 from experiments.train import GUARDED_METRICS, NonFiniteError, Trainer
-from experiments.train_state import create_train_state, init_train_state
 
 BATCH = 16
 SIZE = 8
 NUM_STEPS = 5
 
 
-def tiny_config(model_name: str = "nf_resnet") -> ml_collections.ConfigDict:
-  config = base_config()
-  config.model_name = model_name
-  config.model = ml_collections.ConfigDict({"depth": 18, "width": 0.125, "stem": "cifar"})
+def tiny_config(model: str = "nf") -> ml_collections.ConfigDict:
+  """The quick-start config's smoke form, at this file's batch size and length."""
+  config = quickstart.get_config(f"model={model},smoke")
+  config.model.width = 0.125
   config.optimizer.warmup_steps = 2
-  config.optimizer.base_lr = 0.4
   config.train.batch_size = BATCH
   config.train.num_steps = NUM_STEPS
+  config.train.ema_decay = 0.9
   return config
 
 
@@ -38,32 +37,20 @@ def batches(num: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
   ]
 
 
-def run_steps(config, devices, data, compute_dtype=jnp.float32):
+def build(config, devices, compute_dtype="float32") -> builder.Experiment:
+  config.train.compute_dtype = compute_dtype
+  return builder.build(config, 10, 1000, devices=devices)
+
+
+def run_steps(config, devices, data, compute_dtype="float32"):
   """Returns (per-step metrics, final state) of the jitted shard_map step on ``devices``."""
-  model = models.build_model(config, 10, steps.AXIS)
-  schedule = optim.make_schedule(config, 1000)
-  lr_fn = optim.learning_rate_fn(schedule)
-  optimizer = optim.build_optimizer(config.optimizer, lr_fn)
-  mesh = steps.make_mesh(devices)
-  sample = jnp.zeros((1, SIZE, SIZE, 1))
-  init_model = models.build_model(config, 10)  # Outside shard_map: no replica axis.
-  state = create_train_state(
-    init_model, optimizer, 0, sample, use_ema=True, sharding=steps.replicated_sharding(mesh)
-  )
-  body = steps.train_step_body(
-    model,
-    optimizer,
-    lr_fn,
-    label_smoothing=0.1,
-    compute_dtype=compute_dtype,
-    ema_decay=0.9,
-  )
-  train_step = steps.make_train_step(body, mesh)
+  experiment = build(config, devices, compute_dtype)
+  state = experiment.init_state((SIZE, SIZE, 1))
   history = []
   for batch in data:
-    state, metrics = train_step(state, steps.global_batch(batch, mesh))
+    state, metrics = experiment.train_step(state, experiment.shard_batch(batch))
     history.append(steps.fetch(metrics))
-  return history, state, train_step, mesh
+  return history, state, experiment.train_step, experiment.mesh
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +94,23 @@ def test_ema_follows_params(nf_runs):
   assert jax.tree.structure(params) == jax.tree.structure(ema)
 
 
+@pytest.mark.parametrize("step", [0, 1, 10, 1000])
+def test_ema_decay_warms_up_as_the_reference(step):
+  """The reference's EMA decay: min(decay, (1 + t) / (10 + t)) after t completed steps."""
+  expected = {0: 0.1, 1: 2 / 11, 10: 11 / 20, 1000: 1001 / 1010}[step]
+  np.testing.assert_allclose(steps.ema_decay_at(step, 0.9999), expected, rtol=1e-6)
+  np.testing.assert_allclose(steps.ema_decay_at(step, 0.5), min(0.5, expected), rtol=1e-6)
+  np.testing.assert_allclose(steps.ema_decay_at(step, 0.9999, warmup=False), 0.9999, rtol=1e-7)
+
+
+def test_ema_update_averages_floats_and_keeps_counters():
+  ema = {"bn": {"mean": jnp.zeros(2), "counter": jnp.int32(3)}}
+  new = {"bn": {"mean": jnp.ones(2), "counter": jnp.int32(4)}}
+  out = steps.ema_update(ema, new, jnp.float32(0.25))
+  np.testing.assert_allclose(out["bn"]["mean"], [0.75, 0.75])
+  assert int(out["bn"]["counter"]) == 4
+
+
 def test_non_finite_batch_gives_non_finite_guarded_metrics(nf_runs):
   """The metrics the loop's NaN guard checks really carry a NaN from the step."""
   _, state, train_step, mesh = nf_runs[1]
@@ -120,24 +124,13 @@ def test_non_finite_batch_gives_non_finite_guarded_metrics(nf_runs):
 
 def test_bf16_keeps_float32_state():
   """bf16 compute: parameters, optimizer state and EMA stay float32 (checked by shapes)."""
-  config = tiny_config()
-  model = models.build_model(config, 10, steps.AXIS)
-  lr_fn = optim.learning_rate_fn(optim.make_schedule(config, 1000))
-  optimizer = optim.build_optimizer(config.optimizer, lr_fn)
-  mesh = steps.make_mesh(jax.devices()[:2])
-  state = jax.eval_shape(
-    lambda: init_train_state(model, optimizer, 0, jnp.zeros((1, SIZE, SIZE, 1)), use_ema=True)
-  )
-  replicated = steps.replicated_sharding(mesh)
-  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
-  body = steps.train_step_body(
-    model, optimizer, lr_fn, label_smoothing=0.0, compute_dtype=jnp.bfloat16, ema_decay=0.9
-  )
-  sharded = steps.batch_sharding(mesh)
+  experiment = build(tiny_config(), jax.devices()[:2], compute_dtype="bfloat16")
+  state = experiment.abstract_state((SIZE, SIZE, 1))
+  sharded = steps.batch_sharding(experiment.mesh)
   batch = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded), batches(1)[0]
   )
-  new_state, metrics = jax.eval_shape(steps.shard(body, mesh, out_state=True), state, batch)
+  new_state, metrics = jax.eval_shape(experiment.train_step, state, batch)
   floats = [
     leaf.dtype
     for tree in (new_state.params, new_state.opt_state, new_state.ema_params)
@@ -147,13 +140,13 @@ def test_bf16_keeps_float32_state():
   assert len(floats) > 3 * 8 and set(floats) == {jnp.dtype(jnp.float32)}
   assert metrics["loss"].dtype == jnp.float32
   # The convolutions themselves run in bf16.
-  jaxpr = str(jax.make_jaxpr(steps.shard(body, mesh, out_state=True))(state, batch))
+  jaxpr = str(jax.make_jaxpr(experiment.train_step)(state, batch))
   assert "conv_general_dilated" in jaxpr and "bf16[" in jaxpr
 
 
 def test_cross_replica_bn_on_8_devices_matches_1_device():
   """With cross-replica statistics, BN over 8 shards of a batch equals BN over the whole batch."""
-  config = tiny_config("resnet_v2")
+  config = tiny_config("bn")
   config.train.cross_replica_bn = True
   data = batches(2)
   one, _, _, _ = run_steps(config, jax.devices()[:1], data)
@@ -161,17 +154,20 @@ def test_cross_replica_bn_on_8_devices_matches_1_device():
   np.testing.assert_allclose([m["loss"] for m in eight], [m["loss"] for m in one], rtol=1e-5)
   means = [v["average"] for k, v in steps.fetch(state.model_state).items() if "mean_ema" in k]
   assert len(means) == 2 * 8 + 1 and all(np.all(np.isfinite(m)) for m in means)
+  # The EMA averages the BatchNorm statistics along with the weights (reference behaviour).
+  ema_state = steps.fetch(state.ema_model_state)
+  assert jax.tree.structure(ema_state) == jax.tree.structure(steps.fetch(state.model_state))
+  ema_means = [v["average"] for k, v in ema_state.items() if "mean_ema" in k]
+  assert any(not np.allclose(e, m) for e, m in zip(ema_means, means, strict=True))
 
 
 def test_non_finite_loss_stops_training(tmp_path):
   """A NaN loss raises NonFiniteError; the last good checkpoint stays, nothing bad is saved."""
   config = tiny_config()
-  config.data.name = "synthetic"
   config.data.image_size = SIZE
   config.data.synthetic.image_size = SIZE
   config.data.synthetic.channels = 1
   config.train.eval_batch_size = BATCH
-  config.train.progress_bar = False
   config.train.checkpoint_every = 1
   config.train.log_every = 1
   trainer = Trainer(config, tmp_path)

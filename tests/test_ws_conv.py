@@ -1,4 +1,4 @@
-"""Scaled Weight Standardization (SPEC section 2)."""
+"""Scaled Weight Standardization (paper Section 4.2)."""
 
 import haiku as hk
 import jax

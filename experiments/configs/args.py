@@ -20,7 +20,7 @@ from nfresnet.layout import RESNET_DEPTHS
 
 MODEL_NAMES: Mapping[str, str] = {
   "nf": "nf_resnet",
-  "he": "nf_resnet",  # The "NF, He init" network: plain convs, no Scaled WS (SPEC 4).
+  "he": "nf_resnet",  # The "NF, He init" network: plain convs, no Scaled WS (paper Figure 2).
   "bn": "resnet_v2",
   "skipinit": "skipinit",
   "fixup": "fixup",
@@ -29,11 +29,11 @@ MODEL_NAMES: Mapping[str, str] = {
 """``model=`` choices and the ``config.model_name`` each selects."""
 
 RESNET_MODELS = ("nf", "he", "bn", "skipinit", "fixup")
-REGULARIZED_STOCHDEPTH = 0.1  # SPEC 6: "regularized" NF-ResNets.
+REGULARIZED_STOCHDEPTH = 0.1  # "Regularized" NF-ResNets (paper Table 1).
 REGULARIZED_DROPOUT = 0.25
-STOCHDEPTH_MODELS = frozenset({"nf", "he", "skipinit"})  # Constructors with stochdepth_rate.
-NF_ALPHA = 0.2  # SPEC 3: residual scale of every NF network.
-NF_SKIP_GAIN_INIT = 0.0  # Zero-init skip gains (SPEC 3); 1.0 is the signal-propagation setting.
+STOCHDEPTH_MODELS = frozenset({"nf", "he", "skipinit", "fixup"})  # Have stochdepth_rate.
+NF_ALPHA = 0.2  # Residual scale of every NF network (paper Section 4).
+NF_SKIP_GAIN_INIT = 0.0  # Zero-init as in the reference implementation; 1.0 for SPPs.
 SMOKE_DEPTHS = {"basic": 18, "bottleneck": 26}  # Shallowest ResNet of each block type.
 SMOKE_REGNET_VARIANT = "B0"
 
@@ -141,8 +141,8 @@ def resnet_model(
     stem: "imagenet" or "cifar".
     activation: NF networks only ("nf" and "he"); the others use ReLU.
     regularized: dropout 0.25 before the classifier, plus stochastic depth 0.1
-      on models that support it (NF, "he", SkipInit; SPEC 6). BN-ResNet-V2 and
-      Fixup get the dropout only.
+      on models that support it (NF, "he", SkipInit, Fixup; paper Table 1).
+      BN-ResNet-V2 gets the dropout only.
 
   Returns:
     The registry name and the constructor kwargs section.
@@ -150,6 +150,9 @@ def resnet_model(
   kwargs: dict[str, Any] = {"depth": depth, "width": width, "stem": stem}
   if model in ("nf", "he"):
     kwargs.update(alpha=NF_ALPHA, activation=activation, skip_gain_init=NF_SKIP_GAIN_INIT)
+    kwargs["stack_blocks"] = False  # True: scan over each stage's blocks (same numbers).
+  if model == "nf":
+    kwargs["scale_activations"] = True  # False: the control network without gammas.
   if model == "he":
     kwargs["weight_standardization"] = False
   elif model != "nf" and activation != "relu":
@@ -164,7 +167,8 @@ def apply_smoke(config: ml_collections.ConfigDict, *, image_size: int = 16) -> N
   """Shrinks ``config`` in place to a seconds-long CPU run on synthetic data.
 
   Tiny width, the CIFAR stem and the shallowest depth of the same block type
-  (ResNets: 18 for basic, 26 for bottleneck blocks; NF-RegNets: B0), synthetic 16 px images,
+  (ResNets: 18 for basic, 26 for bottleneck blocks; NF-RegNets: B0), synthetic
+  16 px images,
   batch 8 (a multiple of 8 fake devices), 2 training steps, no progress bar.
   The model family, activation and regularization stay as chosen.
   """
@@ -178,6 +182,7 @@ def apply_smoke(config: ml_collections.ConfigDict, *, image_size: int = 16) -> N
   data = config.data
   data.name = "synthetic"
   data.image_size = image_size
+  data.eval_image_size = None
   data.augment = "none"
   data.synthetic.image_size = image_size
   data.synthetic.num_train = 64

@@ -1,4 +1,4 @@
-"""The paper's ImageNet recipes (SPEC section 6): NF/BN/SkipInit/Fixup ResNets and NF-RegNets.
+"""The paper's ImageNet recipes (paper Section 5): NF/BN/SkipInit/Fixup ResNets and NF-RegNets.
 
 Reproduces: Table 1 (NF-ResNets vs BN-ResNets, SkipInit and Fixup at depths
 50-288, unregularized and regularized), Table 2 (NF vs BN ResNet-50 at batch
@@ -19,11 +19,17 @@ Recipes:
   warm-up epochs then cosine to 0, label smoothing 0.1, weight decay 5e-5 off
   gains and biases, 224 px Inception crops.
 - NF-RegNets: 360 epochs, batch 1024, lr 0.4 not batch-scaled, cosine to
-  0.001, weight decay 5e-5, EMA 0.99999, label smoothing 0.1, MixUp (0.2) and
-  CutMix (1.0), SiLU, stochastic depth 0.1, the variant's dropout and training
-  resolution from ``nfresnet.NF_REGNET_VARIANTS``. The data pipeline has a single
-  ``image_size``, so evaluation runs at the training resolution rather than the
-  variant's (larger) test resolution.
+  0.001, weight decay per variant (5e-5 for B0 rising by 1e-5 per variant to 1e-4
+  for B5), EMA 0.99999 with the reference's warm-up, label smoothing 0.1, MixUp (0.2)
+  and CutMix (1.0) on half of each batch each, SiLU, stochastic depth 0.1, the
+  variant's dropout, training resolution and test resolution from
+  ``nfresnet.NF_REGNET_VARIANTS`` (``data.image_size`` and ``data.eval_image_size``).
+- Every recipe: bicubic resizing of the Inception crops and of the S / (S + 32) centre
+  crop at evaluation, as the reference implementation. The evaluation batch is padded
+  up to a multiple of the device count and the padding masked, so it works on any count.
+- Table 2 (``table2`` sweep): every batch size trains for ``TABLE2_EPOCHS`` = 15
+  epochs, our choice of a fixed budget: the 90-epoch recipe at batch 4 would be 28.8M
+  steps; 15 epochs is 4.8M steps at batch 4 and 18,766 at batch 1024.
 Steps, warm-up steps and the batch-scaled learning rate are derived at run
 time (``experiments.optim.make_schedule``), so ``--config.train.batch_size`` or
 ``--config.train.num_epochs`` overrides stay consistent.
@@ -33,7 +39,7 @@ Command::
   python -m experiments.main \
     --config=experiments/configs/imagenet.py:model=nf,depth=101,regularized \
     --workdir=/ckpt/nf101_reg --config.data.data_dir=/data/tfds
-  python -m experiments.sweep --config=experiments/configs/imagenet.py:table1 \
+  python -m experiments.studies.sweep --config=experiments/configs/imagenet.py:table1 \
     --workdir=/ckpt/t1 --dry_run
 
 Hardware: the paper used TPU v3 pods; data-parallel over every local device
@@ -61,8 +67,11 @@ KEYS = {
 }
 PAPER_DEPTHS = (50, 101, 152, 200, 288)
 PAPER_SEEDS = 5
-UNSTABLE_MODEL_LR = 0.05  # SkipInit and Fixup: 0.2 at batch 1024 (SPEC 6).
-REGNET = dict(epochs=360.0, lr=0.4, end_lr=0.001, ema=0.99999, mixup=0.2, cutmix=1.0)
+UNSTABLE_MODEL_LR = 0.05  # SkipInit and Fixup: 0.2 at batch 1024 (paper Section 5).
+REGNET_RECIPE = dict(epochs=360.0, lr=0.4, end_lr=0.001, ema=0.99999, mixup=0.2, cutmix=1.0)
+REGNET_WEIGHT_DECAY = {"B0": 5e-5, "B1": 6e-5, "B2": 7e-5, "B3": 8e-5, "B4": 9e-5, "B5": 1e-4}
+"""Weight decay per NF-RegNet variant, from the reference implementation's NF-RegNet config."""
+TABLE2_EPOCHS = 15.0  # The same budget for every batch size (see the module docstring).
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -73,6 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.tfds_name = "imagenet2012"
   config.data.augment = "inception"
   config.data.image_size = 224
+  config.data.resize_method = "bicubic"  # The reference's interpolation.
   config.train.eval_batch_size = 1000  # 50,000 validation images in 50 batches.
   config.train.checkpoint_every = 5000
   if a["model"] == "nf_regnet":
@@ -94,26 +104,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def regnet_recipe(config: ml_collections.ConfigDict, variant: str, regularized: bool) -> None:
-  """NF-RegNet training recipe (SPEC 6, Table 3); always regularized as in the paper."""
+  """NF-RegNet training recipe (paper Section 5.2, Table 3); always regularized as in the paper."""
   if regularized:
     raise ConfigError("model=nf_regnet is always regularized (variant dropout, stochdepth 0.1)")
   config.model_name = "nf_regnet"
   config.model = ml_collections.ConfigDict({"variant": variant, "activation": "silu"})
-  config.data.image_size = nfresnet.NF_REGNET_VARIANTS[variant].train_resolution
-  config.data.mixup_alpha = REGNET["mixup"]
-  config.data.cutmix_alpha = REGNET["cutmix"]
-  config.train.num_epochs = REGNET["epochs"]
-  config.train.ema_decay = REGNET["ema"]
-  config.optimizer.base_lr = REGNET["lr"]
+  row = nfresnet.NF_REGNET_VARIANTS[variant]
+  config.data.image_size = row.train_resolution
+  config.data.eval_image_size = row.test_resolution
+  config.optimizer.weight_decay = REGNET_WEIGHT_DECAY[variant]
+  config.data.mixup_alpha = REGNET_RECIPE["mixup"]
+  config.data.cutmix_alpha = REGNET_RECIPE["cutmix"]
+  config.train.num_epochs = REGNET_RECIPE["epochs"]
+  config.train.ema_decay = REGNET_RECIPE["ema"]
+  config.optimizer.base_lr = REGNET_RECIPE["lr"]
   config.optimizer.scale_by_batch = False
-  config.optimizer.end_lr = REGNET["end_lr"]
+  config.optimizer.end_lr = REGNET_RECIPE["end_lr"]
 
 
 def get_sweep(arg: str | None = None) -> list[sweeps.SweepEntry]:
   """Sweeps of the paper at full scale: ``table1`` (200 runs), ``table2``, ``table3``, ..."""
   builders = {
     "table1": lambda: sweeps.table1(PAPER_DEPTHS, PAPER_SEEDS),
-    "table2": lambda: sweeps.table2(50, sweeps.powers_of_two(1024, 4)),
+    "table2": lambda: sweeps.table2(50, sweeps.powers_of_two(1024, 4), epochs=TABLE2_EPOCHS),
     "depth": lambda: sweeps.depth_sweep(PAPER_DEPTHS),
     "activation": lambda: sweeps.activation_sweep(50),
     "meanshift": lambda: sweeps.meanshift_sweep(50),

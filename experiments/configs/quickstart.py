@@ -1,6 +1,6 @@
 """Quick start: a small NF-ResNet-18 on the embedded 8x8 digits dataset, offline, on a CPU.
 
-Reproduces: the NF-ResNet training recipe of the paper (SPEC section 6: Nesterov
+Reproduces: the NF-ResNet training recipe of the paper (Section 5: Nesterov
 SGD, batch-scaled learning rate with linear warm-up and cosine decay, label
 smoothing 0.1, weight decay off gains/biases) at toy scale; ``:model=bn`` swaps
 in the BN-ResNet-V2 baseline with the same everything else.
@@ -43,6 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = base_config()
   config.model_name = MODELS[parsed["model"]]
   config.model = ml_collections.ConfigDict({"depth": 18, "width": 0.25, "stem": "cifar"})
+  if config.model_name == "nf_resnet":
+    config.model.stack_blocks = False  # True: scan over each stage's blocks (same numbers).
 
   config.data.name = "digits"
   config.data.image_size = 16

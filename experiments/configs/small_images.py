@@ -8,15 +8,17 @@ file's docstring and docs/reproducing.md).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import pathlib
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
 import nfresnet
+from experiments.configs import ConfigError, base_config, sweeps
 from experiments.configs import args as config_args
-from experiments.configs import base_config, sweeps
 from experiments.configs.args import Key, flag
 
 KEYS = {
@@ -28,11 +30,13 @@ KEYS = {
   "regularized": flag(),
   "smoke": flag(),
 }
-UNSTABLE_MODEL_LR_FACTOR = 0.5  # SkipInit and Fixup: half the NF/BN rate, as in SPEC 6.
+UNSTABLE_MODEL_LR_FACTOR = 0.5  # SkipInit, Fixup: half the NF/BN rate (paper Section 5).
 CPU_SEEDS = 3
 CPU_BATCH_SIZES = (256, 128, 64, 32, 16, 8, 4)
 CPU_DEPTHS = (18, 26)
 MEANSHIFT_DEPTH = 50
+RESULTS_DIR = pathlib.Path(__file__).resolve().parents[2] / "results"
+TUNING_CSV = "tuning.csv"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +99,7 @@ def build_config(arg: str | None, recipe: SmallImageRecipe) -> ml_collections.Co
 
 
 def cpu_sweep(name: str | None, what: str) -> list[sweeps.SweepEntry]:
-  """The CPU-scale versions of the paper's sweeps (docs/reproducing.md, studies 1-4).
+  """The CPU-scale versions of the paper's sweeps (docs/reproducing.md).
 
   ``table1`` drops the regularized half (a one-epoch run does not overfit) and
   Fixup; ``table2`` runs batch 256 down to 4 with the same number of epochs.
@@ -112,3 +116,100 @@ def cpu_sweep(name: str | None, what: str) -> list[sweeps.SweepEntry]:
     "table3": lambda: sweeps.table3(("B0", "B1")),
   }
   return sweeps.select(name, builders, what)
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """The reproduction protocol of a dataset (docs/reproducing.md).
+
+  Attributes:
+    overrides: applied to every protocol run on top of the config (validation split,
+      training length, evaluation interval, warm-up fraction), so the base config and
+      the studies committed with it stay as they are.
+    centre_lr: centre of the learning-rate grid (``optimizer.base_lr``, batch-scaled:
+      the paper's rule ``0.1 * batch / 256``).
+    seeds: seeds per cell at the chosen learning rate.
+    depths: the two depths of Table 1 (basic and bottleneck blocks).
+    meanshift: ``(depth, width)`` of the mean-shift study's networks.
+    batch_sizes: Table 2's batch sizes.
+  """
+
+  overrides: Mapping[str, Any]
+  centre_lr: float = 0.1
+  seeds: int = 3
+  depths: tuple[int, ...] = (18, 26)
+  meanshift: tuple[int, float] = (MEANSHIFT_DEPTH, 0.125)
+  batch_sizes: tuple[int, ...] = (1024, 512, 256, 128, 64, 32, 16, 8, 4)
+
+
+def protocol_cells(study: str, protocol: Protocol) -> list[sweeps.SweepEntry]:
+  """The cells (settings, one per table entry) of a protocol study, seed left out."""
+  depth, width = protocol.meanshift
+  no_gamma = {"model.scale_activations": False}
+  if study == "table1":
+    entries = sweeps.table1(protocol.depths, 1, regularization=(False,))
+    entries += sweeps.table1(protocol.depths, 1, models=("nf", "bn"), regularization=(True,))
+  elif study == "meanshift":
+    entries = [e.with_arg(f"width={width}") for e in sweeps.meanshift_sweep(depth)]
+    entries.append(
+      sweeps.SweepEntry(f"nf{depth}_nogamma", f"model=nf,depth={depth},width={width}", no_gamma)
+    )
+  elif study == "activation":
+    entries = sweeps.activation_sweep(18)
+    entries.append(sweeps.SweepEntry("nf18_relu_nogamma", "model=nf,depth=18", no_gamma))
+  else:
+    raise ConfigError(f"unknown protocol study {study!r}; allowed: table1, meanshift, activation")
+  return [
+    dataclasses.replace(cell, overrides={**protocol.overrides, **cell.overrides})
+    for cell in sweeps.cells(entries)
+  ]
+
+
+def tuned_rates(what: str, study: str) -> dict[str, float]:
+  """``{cell: base_lr}`` chosen by ``experiments.studies.tune`` (``results/<study>/tuning.csv``)."""
+  path = RESULTS_DIR / study / TUNING_CSV
+  if not path.is_file():
+    raise ConfigError(
+      f"{path} not found: run the {what}.py:{study}_tune sweep and "
+      f"python -m experiments.studies.tune results/{study}/tuning --out=results/{study} first"
+    )
+  with path.open(newline="") as f:
+    return {row["cell"]: float(row["base_lr"]) for row in csv.DictReader(f) if row["chosen"] == "1"}
+
+
+def table2_cells(protocol: Protocol, rates: Mapping[str, float]) -> list[sweeps.SweepEntry]:
+  """Table 2: NF-/BN-ResNet-18 at every batch size, the learning rate by the scaling rule.
+
+  ``optimizer.base_lr`` is the one chosen for the model at batch 128 in study ``table1``;
+  the peak learning rate is ``base_lr * batch / 256`` at every batch size.
+  """
+  cells = []
+  for model in ("nf", "bn"):
+    for batch in protocol.batch_sizes:
+      overrides = {
+        **protocol.overrides,
+        "train.batch_size": batch,
+        "optimizer.base_lr": rates[f"{model}18"],
+      }
+      cells.append(
+        sweeps.SweepEntry(f"{model}18_batch{batch}", f"model={model},depth=18", overrides)
+      )
+  return cells
+
+
+def protocol_sweep(name: str, what: str, protocol: Protocol) -> list[sweeps.SweepEntry]:
+  """``<study>_tune`` (learning-rate grid, seed 0) or ``<study>`` (seeds at the chosen rate)."""
+  study, _, stage = name.partition("_")
+  if study == "table2" and not stage:
+    cells = table2_cells(protocol, tuned_rates(what, "table1"))
+    return [
+      sweeps.SweepEntry(f"{cell.name}_seed{seed}", cell.arg, {**cell.overrides, "train.seed": seed})
+      for cell in cells
+      for seed in range(protocol.seeds)
+    ]
+  cells = protocol_cells(study, protocol)
+  if stage == "tune":
+    return sweeps.lr_grid(cells, protocol.centre_lr)
+  if stage:
+    raise ConfigError(f"unknown protocol sweep {name!r}: use {study} or {study}_tune")
+  return sweeps.tuned_seeds(cells, tuned_rates(what, study), protocol.seeds)

@@ -69,14 +69,27 @@ def table1(
 
 
 def table2(
-  depth: int, batch_sizes: Iterable[int], seeds: int = 1, models: Sequence[str] = ("nf", "bn")
+  depth: int,
+  batch_sizes: Iterable[int],
+  seeds: int = 1,
+  models: Sequence[str] = ("nf", "bn"),
+  epochs: float | None = None,
 ) -> list[SweepEntry]:
-  """Table 2: NF vs BN at each batch size, same number of epochs (steps follow the batch)."""
+  """Table 2: NF vs BN at each batch size, the same number of epochs (steps follow the batch).
+
+  Args:
+    depth: ResNet depth.
+    batch_sizes: global batch sizes.
+    seeds: seeds per cell.
+    models: ``model=`` choices.
+    epochs: training epochs of every entry; None keeps the config's.
+  """
+  length = {} if epochs is None else {"train.num_epochs": epochs}
   return [
     SweepEntry(
       f"{model}{depth}_batch{batch}_seed{seed}",
       f"model={model},depth={depth}",
-      {"train.batch_size": batch, "train.seed": seed},
+      {"train.batch_size": batch, "train.seed": seed, **length},
     )
     for model in models
     for batch in batch_sizes
@@ -159,3 +172,62 @@ def select(
   if len(set(names)) != len(names):
     raise ConfigError(f"{what} sweep {name!r} has duplicate entry names")
   return entries
+
+
+LR_GRID_FACTORS = (0.5, 1.0, 2.0)
+"""The reproduction protocol's learning-rate grid: factor 2 apart around a centre."""
+
+
+def cells(entries: Sequence[SweepEntry]) -> list[SweepEntry]:
+  """The distinct settings of one-seed entries: ``name_seed0`` -> ``name``, seed dropped."""
+  out = []
+  for entry in entries:
+    overrides = {k: v for k, v in entry.overrides.items() if k != "train.seed"}
+    out.append(SweepEntry(entry.name.removesuffix("_seed0"), entry.arg, overrides))
+  return out
+
+
+def lr_grid(
+  grid_cells: Sequence[SweepEntry], centre: float, factors: Sequence[float] = LR_GRID_FACTORS
+) -> list[SweepEntry]:
+  """Tuning runs: every cell at ``optimizer.base_lr = centre * factor``, seed 0.
+
+  Runs are named ``<cell>_lr<value>``, the form ``experiments.studies.tune`` reads.
+  """
+  entries = []
+  for cell in grid_cells:
+    for factor in factors:
+      lr = round(centre * factor, 10)
+      overrides = {**cell.overrides, "optimizer.base_lr": lr, "train.seed": 0}
+      entries.append(SweepEntry(f"{cell.name}_lr{lr:g}", cell.arg, overrides))
+  return entries
+
+
+def tuned_seeds(
+  grid_cells: Sequence[SweepEntry], rates: Mapping[str, float], seeds: int
+) -> list[SweepEntry]:
+  """The final runs: every cell at its chosen ``optimizer.base_lr``, seeds 0 .. seeds - 1.
+
+  Args:
+    grid_cells: the study's cells (``cells``).
+    rates: ``{cell: base_lr}`` (``experiments.studies.tune.chosen_rates``).
+    seeds: seeds per cell.
+
+  Raises:
+    ConfigError: a cell without a chosen learning rate (its tuning runs are missing).
+  """
+  missing = [cell.name for cell in grid_cells if cell.name not in rates]
+  if missing:
+    raise ConfigError(
+      f"no tuned learning rate for {', '.join(missing)}: run the study's tuning sweep and "
+      "python -m experiments.studies.tune first (docs/reproducing.md)"
+    )
+  return [
+    SweepEntry(
+      f"{cell.name}_seed{seed}",
+      cell.arg,
+      {**cell.overrides, "optimizer.base_lr": rates[cell.name], "train.seed": seed},
+    )
+    for cell in grid_cells
+    for seed in range(seeds)
+  ]

@@ -14,6 +14,7 @@ Usage::
 from experiments.data.files import DatasetError
 from experiments.data.pipeline import eval_batches, train_batches
 from experiments.data.sources import (
+  ARRAY_SOURCES,
   AUGMENTS,
   SOURCES,
   ArraySource,
@@ -25,6 +26,7 @@ from experiments.data.sources import (
 )
 
 __all__ = [
+  "ARRAY_SOURCES",
   "AUGMENTS",
   "SOURCES",
   "ArraySource",

@@ -7,9 +7,11 @@ therefore a pure function of those three numbers, whatever the process count or 
 it lands in, and a whole batch is drawn with a few vectorized integer operations.
 
 Resizing (also cropping, which is a resize of a sub-window) multiplies by two separable
-interpolation matrices built with a triangle (bilinear) kernel at half-pixel centres. When
-shrinking, the kernel is widened by the scale factor (anti-aliasing). This is the same
-arithmetic as ``jax.image.resize(..., "linear", antialias=True)``.
+interpolation matrices at half-pixel centres, built with one of ``RESIZE_METHODS``:
+``"bilinear"`` (a triangle kernel widened by the scale factor when shrinking, i.e.
+anti-aliased: ``jax.image.resize(..., "linear", antialias=True)``) or ``"bicubic"`` (Keys'
+cubic kernel with a = -0.5 and no anti-aliasing: ``jax.image.resize(..., "cubic",
+antialias=False)``, the interpolation of the reference implementation's ImageNet crops).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 # Inception-style crop (Szegedy et al. 2015, "Going deeper with convolutions"): area
 # fraction and aspect-ratio ranges, and the number of attempts before the fallback.
 INCEPTION_AREA = (0.08, 1.0)
-INCEPTION_ASPECT = (3.0 / 4.0, 4.0 / 3.0)
+INCEPTION_RATIOS = (3.0 / 4.0, 4.0 / 3.0)
 INCEPTION_ATTEMPTS = 10
 NUM_INCEPTION_DRAWS = 4 * INCEPTION_ATTEMPTS + 1  # 4 per attempt, then 1 for the flip.
 
@@ -65,59 +67,82 @@ def uniforms(keys: np.ndarray, num: int) -> np.ndarray:
   return out.reshape(*np.shape(keys), num)
 
 
+RESIZE_METHODS = ("bilinear", "bicubic")
+KEYS_CUBIC_A = -0.5  # Keys (1981); the value of TensorFlow's and JAX's bicubic resize.
+
+
+def _kernel(distance: np.ndarray, method: str) -> np.ndarray:
+  """Interpolation kernel at ``distance`` (in kernel units) from an output pixel centre."""
+  x = np.abs(distance)
+  if method == "bilinear":
+    return np.maximum(0.0, 1.0 - x)
+  a = KEYS_CUBIC_A
+  near = ((a + 2) * x - (a + 3)) * x * x + 1
+  far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+  return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
+
+
 def resize_weights(
   in_size: int,
   out_size: int,
   start: float | np.ndarray = 0.0,
   length: float | np.ndarray | None = None,
+  method: str = "bilinear",
 ) -> np.ndarray:
   """Interpolation matrices ``[..., out_size, in_size]`` sampling windows [start, start+length).
 
   Output pixel ``i`` is centred at input coordinate ``start + (i + 0.5) * length / out_size``
-  (pixel ``j`` covers [j, j + 1)). Weights use a triangle kernel widened by
-  ``max(length / out_size, 1)``, and each row is normalized to sum to 1 (a row with no
-  input pixel inside the kernel takes the nearest pixel).
+  (pixel ``j`` covers [j, j + 1)). Bilinear weights use a triangle kernel widened by
+  ``max(length / out_size, 1)``; bicubic weights Keys' kernel, not widened. Each row is
+  normalized to sum to 1 (a row with no input pixel inside the kernel takes the nearest
+  pixel), so taps past the border are dropped, as in ``jax.image.resize``.
 
   Args:
     in_size: input length along the axis.
     out_size: output length.
     start: window start(s) in input pixels; an array gives a batch of matrices.
     length: window length(s); default the whole axis.
+    method: one of ``RESIZE_METHODS``.
   """
+  if method not in RESIZE_METHODS:
+    raise ValueError(f"unknown resize method {method!r}; allowed: {', '.join(RESIZE_METHODS)}")
   start = np.asarray(start, np.float64)
   length = np.asarray(in_size if length is None else length, np.float64) + np.zeros_like(start)
   scale = length / out_size
-  width = np.maximum(scale, 1.0)[..., None, None]
+  widen = np.maximum(scale, 1.0) if method == "bilinear" else np.ones_like(scale)
+  width = widen[..., None, None]
   centres = start[..., None] + (np.arange(out_size) + 0.5) * scale[..., None] - 0.5
   taps = np.arange(in_size, dtype=np.float64)
-  w = np.maximum(0.0, 1.0 - np.abs(taps - centres[..., None]) / width)
+  w = _kernel((taps - centres[..., None]) / width, method)
   sums = w.sum(axis=-1, keepdims=True)
   nearest = np.clip(np.round(centres), 0, in_size - 1)[..., None] == taps
   w = np.where(sums > 0, w / np.where(sums > 0, sums, 1.0), nearest)
   return w.astype(np.float32)
 
 
-def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
-  """Resizes ``[B, H, W, C]`` images to ``[B, size, size, C]`` float32 (bilinear, antialiased)."""
+def resize_batch(images: np.ndarray, size: int, method: str = "bilinear") -> np.ndarray:
+  """Resizes ``[B, H, W, C]`` images to ``[B, size, size, C]`` float32 (see ``resize_weights``)."""
   _, h, w, _ = images.shape
   x = images.astype(np.float32)
   if (h, w) == (size, size):
     return x
   b, c = x.shape[0], x.shape[-1]
-  wy, wx = resize_weights(h, size), resize_weights(w, size)
+  wy, wx = resize_weights(h, size, method=method), resize_weights(w, size, method=method)
   y = np.matmul(wy, x.reshape(b, h, w * c)).reshape(b * size, w, c)
   return np.matmul(wx, y).reshape(b, size, size, c)
 
 
-def crop_resize(images: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+def crop_resize(
+  images: np.ndarray, boxes: np.ndarray, size: int, method: str = "bilinear"
+) -> np.ndarray:
   """Crops ``boxes[b] = (y0, x0, h, w)`` (pixels) of ``[B, H, W, C]`` and resizes to ``size``.
 
   Returns float32 ``[B, size, size, C]``.
   """
   b, h, w, c = images.shape
   boxes = np.asarray(boxes, np.float64)
-  wy = resize_weights(h, size, boxes[:, 0], boxes[:, 2])  # [B, S, H]
-  wx = resize_weights(w, size, boxes[:, 1], boxes[:, 3])  # [B, T, W]
+  wy = resize_weights(h, size, boxes[:, 0], boxes[:, 2], method)  # [B, S, H]
+  wx = resize_weights(w, size, boxes[:, 1], boxes[:, 3], method)  # [B, T, W]
   y = np.matmul(wy, images.astype(np.float32).reshape(b, h, w * c)).reshape(b, size, w, c)
   return np.matmul(wx[:, None], y)  # [B, S, T, C]
 
@@ -149,7 +174,7 @@ def inception_boxes(
   heights: np.ndarray,
   widths: np.ndarray,
   area_range: tuple[float, float] = INCEPTION_AREA,
-  aspect_range: tuple[float, float] = INCEPTION_ASPECT,
+  aspect_range: tuple[float, float] = INCEPTION_RATIOS,
 ) -> np.ndarray:
   """Samples Inception-style crop boxes ``[B, 4] = (y0, x0, h, w)`` in integer pixels.
 
@@ -205,6 +230,34 @@ def normalize(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarr
   return ((images.astype(np.float32) - mean) * inv).astype(np.float32)
 
 
+def mix_inputs_per_output(mixup_alpha: float, cutmix_alpha: float) -> int:
+  """Raw examples drawn per output example: 2 when MixUp or CutMix is on (each output
+  mixes two raw examples, as in the reference implementation), else 1."""
+  return 2 if mixup_alpha > 0 or cutmix_alpha > 0 else 1
+
+
+def _cutmix_masks(
+  rng: np.random.Generator, count: int, height: int, width: int, alpha: float
+) -> np.ndarray:
+  """``count`` boolean masks ``[count, H, W]``, True inside a random box (the kept image).
+
+  The box is centred on a uniform pixel; its sides are ``int(sqrt(1 - u) * H)`` and
+  ``int(sqrt(1 - u) * W)`` with ``u ~ Beta(alpha, alpha)`` (uniform for alpha 1), and it is
+  clipped at the border, so the kept area is about ``1 - u`` of the image.
+  """
+  u = rng.beta(alpha, alpha, size=count)
+  cy, cx = rng.integers(height, size=count), rng.integers(width, size=count)
+  side = np.sqrt(1.0 - u)
+  half_h, half_w = (side * height).astype(int) // 2, (side * width).astype(int) // 2
+  y0, y1 = np.clip(cy - half_h, 0, height), np.clip(cy + half_h, 0, height)
+  x0, x1 = np.clip(cx - half_w, 0, width), np.clip(cx + half_w, 0, width)
+  rows = np.arange(height)[None, :, None]
+  cols = np.arange(width)[None, None, :]
+  inside_y = (rows >= y0[:, None, None]) & (rows < y1[:, None, None])
+  inside_x = (cols >= x0[:, None, None]) & (cols < x1[:, None, None])
+  return inside_y & inside_x
+
+
 def mix_batch(
   images: np.ndarray,
   labels: np.ndarray,
@@ -213,40 +266,56 @@ def mix_batch(
   mixup_alpha: float = 0.0,
   cutmix_alpha: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """MixUp (Zhang et al. 2018) or CutMix (Yun et al. 2019) within a batch.
+  """MixUp (Zhang et al. 2018) and CutMix (Yun et al. 2019) as the reference implementation.
 
-  One mixing weight ``lam ~ Beta(alpha, alpha)`` per batch; each example is mixed with
-  the example at a random permutation of the batch. When both alphas are positive, each
-  batch uses MixUp or CutMix with probability 1/2. For CutMix, ``lam`` is recomputed from
-  the pasted box area (clipped at the border), so the soft labels match the pixels.
+  ``2B`` raw examples give ``B`` mixed ones. With both on, the raw batch is cut into four
+  quarters of ``B / 2``: example ``i`` of the first quarter is mixed with example ``i`` of
+  the second by MixUp, example ``i`` of the third with example ``i`` of the fourth by
+  CutMix, and the output is the MixUp half followed by the CutMix half. With one of them
+  on, the first half is mixed with the second half by it. MixUp draws one
+  ``lam ~ Beta(mixup_alpha, mixup_alpha)`` per output example: ``lam * a + (1 - lam) * b``.
+  CutMix draws one box per output example (``_cutmix_masks``): pixels inside show ``a``,
+  outside ``b``, and ``a``'s label weight is the box's share of the pixels. Soft labels are
+  ``w * onehot(a) + (1 - w) * onehot(b)``; label smoothing is applied later, in the loss.
 
   Args:
-    images: ``[B, H, W, C]`` float images.
-    labels: ``[B]`` integer labels.
-    num_classes: number of classes for the one-hot targets.
-    rng: numpy generator (per batch).
-    mixup_alpha: Beta parameter for MixUp; 0 disables it.
-    cutmix_alpha: Beta parameter for CutMix; 0 disables it.
+    images: ``[2B, H, W, C]`` float images (already augmented and normalized).
+    labels: ``[2B]`` integer labels.
+    num_classes: number of classes of the one-hot targets.
+    rng: numpy generator (one per batch).
+    mixup_alpha: Beta parameter of MixUp; 0 disables it.
+    cutmix_alpha: Beta parameter of the CutMix area; 0 disables it.
 
   Returns:
-    ``(images, soft_labels)`` with soft labels ``float32[B, num_classes]`` summing to 1.
+    ``(images [B, H, W, C], soft_labels float32[B, num_classes])``; unchanged images and
+    one-hot labels when both alphas are 0.
+
+  Raises:
+    ValueError: an odd raw batch, or with both on, a raw batch not a multiple of 4.
   """
   onehot = np.eye(num_classes, dtype=np.float32)[labels]
-  use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < 0.5)
-  alpha = cutmix_alpha if use_cutmix else mixup_alpha
-  if alpha <= 0:
+  if mixup_alpha <= 0 and cutmix_alpha <= 0:
     return images, onehot
-  lam = float(rng.beta(alpha, alpha))
-  perm = rng.permutation(len(images))
-  if use_cutmix:
-    _, h, w, _ = images.shape
-    cut_h, cut_w = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
-    cy, cx = int(rng.integers(h)), int(rng.integers(w))
-    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h - cut_h // 2, h)
-    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w - cut_w // 2, w)
-    mixed = images.copy()
-    mixed[:, y0:y1, x0:x1] = images[perm, y0:y1, x0:x1]
-    lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
-  else:
-    mixed = (lam * images + (1 - lam) * images[perm]).astype(images.dtype)
-  return mixed, (lam * onehot + (1 - lam) * onehot[perm]).astype(np.float32)
+  kinds = [k for k, alpha in (("mixup", mixup_alpha), ("cutmix", cutmix_alpha)) if alpha > 0]
+  if len(images) % (2 * len(kinds)):
+    raise ValueError(
+      f"{' and '.join(kinds)} needs a raw batch that is a multiple of "
+      f"{2 * len(kinds)}, got {len(images)}"
+    )
+  q = len(images) // (2 * len(kinds))
+  out_images, out_labels = [], []
+  for index, kind in enumerate(kinds):
+    a = slice(2 * index * q, (2 * index + 1) * q)
+    b = slice((2 * index + 1) * q, (2 * index + 2) * q)
+    if kind == "mixup":
+      weight = rng.beta(mixup_alpha, mixup_alpha, size=q).astype(np.float32)
+      w = weight[:, None, None, None]
+      out_images.append(w * images[a] + (1.0 - w) * images[b])
+    else:
+      _, h, width, _ = images.shape
+      mask = _cutmix_masks(rng, q, h, width, cutmix_alpha)
+      weight = mask.mean(axis=(1, 2)).astype(np.float32)
+      out_images.append(np.where(mask[..., None], images[a], images[b]))
+    out_labels.append(weight[:, None] * onehot[a] + (1.0 - weight[:, None]) * onehot[b])
+  mixed = np.concatenate(out_images).astype(images.dtype)
+  return mixed, np.concatenate(out_labels).astype(np.float32)

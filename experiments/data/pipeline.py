@@ -110,22 +110,28 @@ def _boxes(
   return make(heights, widths)
 
 
-def _crop_resize_each(images: np.ndarray | list, boxes: np.ndarray, size: int) -> np.ndarray:
+def _crop_resize_each(
+  images: np.ndarray | list, boxes: np.ndarray, size: int, method: str
+) -> np.ndarray:
   if isinstance(images, np.ndarray):
-    return augment.crop_resize(images, boxes, size)
+    return augment.crop_resize(images, boxes, size, method)
+  pairs = zip(images, boxes, strict=True)
   return np.concatenate(
-    [augment.crop_resize(im[None], box[None], size) for im, box in zip(images, boxes, strict=True)]
+    [augment.crop_resize(im[None], box[None], size, method) for im, box in pairs]
   )
 
 
-def _resize_each(images: np.ndarray | list, size: int) -> np.ndarray:
+def _resize_each(images: np.ndarray | list, size: int, method: str) -> np.ndarray:
   if isinstance(images, np.ndarray):
-    return augment.resize_batch(images, size)
-  return np.concatenate([augment.resize_batch(im[None], size) for im in images])
+    return augment.resize_batch(images, size, method)
+  return np.concatenate([augment.resize_batch(im[None], size, method) for im in images])
 
 
-def output_size(config: ml_collections.ConfigDict, source: Source) -> int:
-  """``config.image_size``, or the stored size of a square fixed-size source when 0/None."""
+def output_size(config: ml_collections.ConfigDict, source: Source, train: bool = True) -> int:
+  """The image side: ``config.image_size`` (evaluation: ``config.eval_image_size`` when set),
+  or the stored size of a square fixed-size source when 0/None."""
+  if not train and config.get("eval_image_size"):
+    return int(config.eval_image_size)
   if config.image_size:
     return int(config.image_size)
   height, width = source.image_shape[:2]
@@ -134,6 +140,15 @@ def output_size(config: ml_collections.ConfigDict, source: Source) -> int:
       f"data.image_size must be set for {source.name!r} (stored shape {source.image_shape})"
     )
   return int(height)
+
+
+EVAL_CROP_PADDING = 32  # The reference crops S / (S + 32) of the short side (224 / 256).
+
+
+def eval_crop_fraction(config: ml_collections.ConfigDict, size: int) -> float:
+  """``data.eval_crop_fraction``, or ``size / (size + 32)`` when unset (the reference's)."""
+  fraction = config.get("eval_crop_fraction")
+  return float(fraction) if fraction else size / (size + EVAL_CROP_PADDING)
 
 
 def process_images(
@@ -153,17 +168,18 @@ def process_images(
   Returns:
     float32 ``[B, S, S, C]`` normalized per channel.
   """
-  size = output_size(config, source)
+  size = output_size(config, source, train=keys is not None)
+  method = config.get("resize_method", "bilinear")
   if config.augment == "inception" and keys is not None:
     u = augment.uniforms(keys, augment.NUM_INCEPTION_DRAWS)
     boxes = _boxes(images, lambda h, w: augment.inception_boxes(u, h, w))
-    x = augment.flip_where(_crop_resize_each(images, boxes, size), u[:, -1] < 0.5)
+    x = augment.flip_where(_crop_resize_each(images, boxes, size, method), u[:, -1] < 0.5)
   elif config.augment == "inception":
-    frac = config.get("eval_crop_fraction", 0.875)
+    frac = eval_crop_fraction(config, size)
     boxes = _boxes(images, lambda h, w: augment.centre_boxes(h, w, frac))
-    x = _crop_resize_each(images, boxes, size)
+    x = _crop_resize_each(images, boxes, size, method)
   else:
-    x = _resize_each(images, size)
+    x = _resize_each(images, size, method)
     if config.augment == "cifar" and keys is not None:
       x = augment.pad_crop_flip(x, augment.uniforms(keys, 3), config.get("crop_padding", 4))
   return augment.normalize(x, source.mean, source.std)
@@ -178,12 +194,13 @@ def _train_batch(
   step: int,
   global_indices: np.ndarray,
 ) -> dict:
-  start = process_index * local
-  indices = np.asarray(global_indices[start : start + local])
+  raw = local * augment.mix_inputs_per_output(config.mixup_alpha, config.cutmix_alpha)
+  start = process_index * raw
+  indices = np.asarray(global_indices[start : start + raw])
   images, labels = _fetch(source, indices)
-  keys = augment.example_keys(seed, step, np.arange(start, start + local))
+  keys = augment.example_keys(seed, step, np.arange(start, start + raw))
   x = process_images(images, config, source, keys)
-  if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
+  if raw > local:  # MixUp/CutMix: 2 raw examples per output example.
     rng = np.random.default_rng([seed, step, process_index, 0x6D6978])
     x, soft = augment.mix_batch(
       x, labels, source.num_classes, rng, config.mixup_alpha, config.cutmix_alpha
@@ -226,11 +243,13 @@ def train_batches(
 
   Yields:
     ``{"image": float32[B, S, S, C], "label": int32[B]}`` with ``B = G / P``; with
-    MixUp/CutMix, ``label`` is ``float32[B, num_classes]`` soft targets summing to 1.
+    MixUp/CutMix, ``label`` is ``float32[B, num_classes]`` soft targets summing to 1, and
+    every step reads ``2G`` raw examples (``augment.mix_batch``, as the reference).
   """
   check_config(config)
   local = _local_batch_size(global_batch_size, process_index, process_count)
-  indices = ShuffledBatchIndices(len(source), global_batch_size, seed)
+  raw_per_output = augment.mix_inputs_per_output(config.mixup_alpha, config.cutmix_alpha)
+  indices = ShuffledBatchIndices(len(source), raw_per_output * global_batch_size, seed)
 
   def make(step: int, global_indices: np.ndarray) -> dict:
     return _train_batch(source, config, seed, process_index, local, step, global_indices)
@@ -241,7 +260,7 @@ def train_batches(
 def _eval_batch(source: Source, config: ml_collections.ConfigDict, positions: np.ndarray) -> dict:
   valid = positions[positions < len(source)]
   local = len(positions)
-  size, channels = output_size(config, source), source.image_shape[-1]
+  size, channels = output_size(config, source, train=False), source.image_shape[-1]
   image = np.zeros((local, size, size, channels), np.float32)
   label = np.zeros((local,), np.int32)
   mask = np.zeros((local,), np.float32)

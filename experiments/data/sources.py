@@ -21,8 +21,8 @@ import numpy as np
 from experiments.data import augment, files, tfds_source
 from experiments.data.files import DatasetError
 
-SOURCES = ("synthetic", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "tfds")
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
+VALIDATION_SPLIT_SEED = 20210121  # Fixed: the held-out examples do not depend on train.seed.
 AUGMENTS = ("none", "cifar", "inception")
 DATA_DIR_ENV = "NFRESNET_DATA_DIR"
 
@@ -103,7 +103,7 @@ class SyntheticSource:
     self.image_shape = (size, size, channels)
     self._length = int(cfg.num_train if split == "train" else cfg.num_test)
     seed = int(cfg.get("seed", 0))
-    self._split_key = seed * 2 + SPLITS.index(split)
+    self._split_key = seed * 2 + ("train", "test").index(split)
     rng = np.random.default_rng(seed)
     coarse = rng.uniform(0, 255, (self.num_classes, 4, 4, channels))
     self._templates = augment.resize_batch(coarse, size)
@@ -189,6 +189,10 @@ _LOADERS: dict[str, Callable[[ml_collections.ConfigDict, str], Source]] = {
   "cifar100": _load_files,
   "tfds": _load_tfds,
 }
+SOURCES = tuple(_LOADERS)
+"""The dataset registry: every allowed ``data.name`` (file datasets' facts: ``catalog.INFOS``)."""
+ARRAY_SOURCES = tuple(name for name in SOURCES if name != "tfds")
+"""Datasets that load without TFDS (synthetic, embedded digits and the file datasets)."""
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -199,12 +203,63 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"unknown augment {config.augment!r}; allowed: {', '.join(AUGMENTS)}")
   if config.image_size is not None and config.image_size < 0:
     raise ValueError(f"data.image_size must be >= 0 (0: stored size), got {config.image_size}")
+  eval_size = config.get("eval_image_size")
+  if eval_size is not None and eval_size < 1:
+    raise ValueError(f"data.eval_image_size must be >= 1 (or None: image_size), got {eval_size}")
+  method = config.get("resize_method", "bilinear")
+  if method not in augment.RESIZE_METHODS:
+    allowed = ", ".join(augment.RESIZE_METHODS)
+    raise ValueError(f"unknown data.resize_method {method!r}; allowed: {allowed}")
   if config.mixup_alpha < 0 or config.cutmix_alpha < 0:
     raise ValueError("data.mixup_alpha and data.cutmix_alpha must be >= 0")
 
 
+class SubsetSource:
+  """The examples ``indices`` of another source (a validation split or the rest of train)."""
+
+  def __init__(self, source: Source, indices: np.ndarray, name: str):
+    self._source, self._indices = source, np.asarray(indices, np.int64)
+    self.name = name
+    self.num_classes = source.num_classes
+    self.image_shape = source.image_shape
+    self.mean, self.std = source.mean, source.std
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, index: int) -> dict:
+    return self._source[int(self._indices[index])]
+
+  def get_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of the subset's examples ``indices``."""
+    picked = self._indices[np.asarray(indices)]
+    if hasattr(self._source, "get_batch"):
+      return self._source.get_batch(picked)
+    items = [self._source[int(i)] for i in picked]
+    images = np.stack([np.asarray(item["image"]) for item in items])
+    return images, np.array([item["label"] for item in items], np.int64)
+
+
+def validation_indices(num_train: int, num_validation: int) -> np.ndarray:
+  """Sorted indices of the ``num_validation`` training examples held out for validation.
+
+  A fixed permutation (``VALIDATION_SPLIT_SEED``), so every run holds out the same ones.
+  """
+  if not 0 < num_validation < num_train:
+    raise ValueError(
+      f"data.validation_examples={num_validation} must be in [1, {num_train - 1}] "
+      f"(the training split has {num_train} examples), or 0 for no validation split"
+    )
+  order = np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(num_train)
+  return np.sort(order[:num_validation])
+
+
 def load_source(config: ml_collections.ConfigDict, split: str) -> Source:
-  """Builds the source of ``split`` ("train" or "test") for the ``config.data`` section.
+  """Builds the source of ``split`` ("train", "validation" or "test") for ``config.data``.
+
+  With ``data.validation_examples = V > 0``, "validation" is V examples held out of the
+  training split (``validation_indices``) and "train" is the rest; with V = 0 there is
+  no "validation" split.
 
   Raises:
     ValueError: unknown dataset name, split or augment (the message lists allowed values).
@@ -213,7 +268,19 @@ def load_source(config: ml_collections.ConfigDict, split: str) -> Source:
   check_config(config)
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
-  return _LOADERS[config.name](config, split)
+  held_out = int(config.get("validation_examples", 0) or 0)
+  if split == "test":
+    return _LOADERS[config.name](config, split)
+  if not held_out:
+    if split == "validation":
+      raise ValueError("the validation split needs data.validation_examples > 0")
+    return _LOADERS[config.name](config, split)
+  train = _LOADERS[config.name](config, "train")
+  validation = validation_indices(len(train), held_out)
+  if split == "validation":
+    return SubsetSource(train, validation, f"{config.name}:validation")
+  rest = np.setdiff1d(np.arange(len(train)), validation)
+  return SubsetSource(train, rest, config.name)
 
 
 def num_examples(source: Source) -> int:
@@ -232,9 +299,13 @@ def default_data_config() -> ml_collections.ConfigDict:
       "tfds_name": placeholder(str),  # TFDS only, e.g. "mnist" or "imagenet2012".
       "verify": True,  # Check known example counts and file checksums.
       "image_size": 16,  # Output side S (resized to S x S); 0: the stored size.
+      "eval_image_size": placeholder(int),  # Evaluation side; None: image_size.
       "augment": "none",  # One of AUGMENTS.
       "crop_padding": 4,  # "cifar": zero padding before the random crop.
-      "eval_crop_fraction": 0.875,  # "inception": centre crop kept at evaluation.
+      # "inception": centre crop kept at evaluation; None: S / (S + 32), the reference's.
+      "eval_crop_fraction": placeholder(float),
+      "resize_method": "bilinear",  # One of RESIZE_METHODS ("bicubic": the reference's).
+      "validation_examples": 0,  # Held out of train as the "validation" split; 0 = none.
       "mixup_alpha": 0.0,  # 0 = off.
       "cutmix_alpha": 0.0,  # 0 = off.
       "worker_threads": 1,  # grain threads building batches (0 = in the caller's thread).

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from experiments.data import catalog
 from experiments.data.files import DatasetError
 
 # Per-channel pixel statistics (pixel / 255) of the training split, for known datasets:
-# MNIST and Fashion-MNIST computed from the official files (see files.INFOS); CIFAR and
-# ImageNet the widely published values. Other datasets: computed at load time from the
-# first ``STATS_EXAMPLES`` training examples.
+# the file datasets' values from ``catalog.INFOS``; ImageNet the widely published values.
+# Other datasets: computed at load time from the first ``STATS_EXAMPLES`` training examples.
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 KNOWN_STATS = {
-  "mnist": ((0.1307,), (0.3081,)),
-  "fashion_mnist": ((0.2860,), (0.3530,)),
-  "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-  "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-  "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+  **{name: (info.mean, info.std) for name, info in catalog.INFOS.items()},
+  "imagenet2012": IMAGENET_STATS,
 }
 STATS_EXAMPLES = 1000
 RANDOM_ACCESS_FORMATS = ("array_record", "parquet")

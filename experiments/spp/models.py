@@ -20,33 +20,35 @@ import jax
 import numpy as np
 
 import nfresnet
+from experiments import models
+from experiments.models import ModelEntry
 
 NUM_CLASSES = 1000  # The classifier does not affect the statistics.
 IMAGENET_DOWNSAMPLING = 32  # Stem conv stride 2, max pool 2, stages 2 * 2 * 2.
 CIFAR_DOWNSAMPLING = 8
-NOT_SETTABLE = ("self", "num_classes", "name", "block", "stack_blocks")
+NOT_SETTABLE = ("block", "stack_blocks")  # Besides models.NOT_CONFIGURABLE.
 
 
 class UsageError(ValueError):
   """Bad command-line input; reported as one line with exit code 2."""
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelEntry:
-  """A registry entry: constructor, default overrides, and how to run it."""
+SPP_DEFAULTS: Mapping[str, Mapping[str, Any]] = {"nf_he": {"skip_gain_init": 1.0}}
+"""Signal-propagation settings on top of the registry's defaults: the He-init network is
+measured with its residual branches switched on, as in the paper's Figure 2."""
 
-  constructor: Callable[..., hk.Module]
-  defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  batch_norm: bool = False
+SPP_MODEL_NAMES = ("nf_resnet", "nf_he", "resnet_v2", "skipinit", "fixup")
+"""The ResNet family of ``experiments.models``; ``resnetv2`` is accepted as an alias."""
+
+
+def _spp_entry(name: str) -> ModelEntry:
+  entry = models.get_entry(name)
+  return dataclasses.replace(entry, defaults=entry.kwargs(SPP_DEFAULTS.get(name, {})))
 
 
 MODELS: Mapping[str, ModelEntry] = {
-  "nf_resnet": ModelEntry(nfresnet.NFResNet),
-  "nf_he": ModelEntry(nfresnet.NFResNet, {"weight_standardization": False, "skip_gain_init": 1.0}),
-  "resnetv2": ModelEntry(nfresnet.ResNetV2, batch_norm=True),
-  "resnet_v2": ModelEntry(nfresnet.ResNetV2, batch_norm=True),
-  "skipinit": ModelEntry(nfresnet.SkipInitResNet),
-  "fixup": ModelEntry(nfresnet.FixupResNet),
+  **{name: _spp_entry(name) for name in SPP_MODEL_NAMES},
+  "resnetv2": _spp_entry("resnet_v2"),
 }
 """Allowed ``--models`` names. ``nf_he`` is the paper's "NF, He init" network."""
 
@@ -101,7 +103,8 @@ class ModelChoice:
 
 def _settable(constructor) -> dict[str, inspect.Parameter]:
   params = inspect.signature(constructor).parameters  # A class or a functools.partial.
-  return {k: p for k, p in params.items() if k not in NOT_SETTABLE}
+  skipped = NOT_SETTABLE + models.NOT_CONFIGURABLE
+  return {k: p for k, p in params.items() if k not in skipped}
 
 
 def _full_kwargs(constructor, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -251,7 +254,7 @@ def load_checkpoint(workdir: str) -> TrainedRun:
     UsageError: missing folder, no config or checkpoint, or a model name this
       process does not know.
   """
-  from experiments import checkpoint, models
+  from experiments import checkpoint
   from experiments.configs import ConfigError
 
   if not pathlib.Path(workdir).is_dir():

@@ -1,4 +1,4 @@
-"""Signal Propagation Plot figures and their JSON/CSV records (SPEC section 5).
+"""Signal Propagation Plot figures and their JSON/CSV records (paper Section 3).
 
 ``plot_spp`` draws the paper's three panels (average channel squared mean,
 average channel variance, residual average channel variance) against the block

@@ -2,7 +2,7 @@ r"""Collects the runs of a sweep into a table, a CSV file and a plot.
 
 Usage::
 
-  python -m experiments.report ROOT [--metric=eval/accuracy] [--rows=model.depth] \
+  python -m experiments.studies.report ROOT [--metric=eval/accuracy] [--rows=model.depth] \
     [--cols=model_name] [--out=DIR]
 
 Every directory under ROOT holding a ``metrics.jsonl`` is a run; its
@@ -10,21 +10,30 @@ Every directory under ROOT holding a ``metrics.jsonl`` is a run; its
 aggregated as the paper does: median, with the min-max spread and the number
 of seeds. ``--rows``/``--cols`` pick the config fields of the table's rows and
 columns (default rows: the fields that vary between runs, redundant ones
-dropped; no column field). A run without the metric or not complete (failed,
+dropped; no column field). Runs that log a validation split (rows of kind "val") also
+get the convergence check of the reproduction protocol (docs/reproducing.md): the gain of
+validation accuracy over the last fifth of training, "met" when below
+``CONVERGED_GAIN`` (0.3 points). A run without the metric or not complete (failed,
 diverged, still running) counts as failed and is listed; a run is complete when
 its ``sweep_status.json`` says done or, without one, when its last eval row is
 at its last step. Writes ``report.md``, ``report.csv`` and ``report.png`` to
-``--out`` (default ROOT).
+``--out`` (default ROOT), and ``report.json`` with the arguments.
+
+``python -m experiments.studies.report --check DIR`` recomputes the report in DIR from the
+raw ``metrics.jsonl`` files with the arguments of its ``report.json`` and exits 1 with one
+``error:`` line naming the first number that differs.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import pathlib
 import statistics
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,12 +41,13 @@ from absl import flags
 
 from experiments import cli
 from experiments.cli import fail
-from experiments.report_plot import label, plot_groups
+from experiments.studies.plot import label, plot_groups
 
 USAGE_ERROR = cli.USAGE_ERROR
+REPORT_DIFFERS = 1
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
-STATUS_FILE = "sweep_status.json"  # Written by experiments.sweep.
+STATUS_FILE = "sweep_status.json"  # Written by experiments.studies.sweep.
 SEED_FIELD = "train.seed"
 FIELD_ORDER = ("model_name", "model.", "data.", "train.", "optimizer.")
 
@@ -45,10 +55,19 @@ METRIC = flags.DEFINE_string("metric", "eval/accuracy", "KIND/NAME of the final 
 ROWS = flags.DEFINE_list("rows", [], "Config fields of the table rows (default: automatic).")
 COLS = flags.DEFINE_list("cols", [], "Config fields of the table columns (default: none).")
 OUT = flags.DEFINE_string("out", None, "Output directory (default: ROOT).")
+CHECK = flags.DEFINE_bool("check", False, "Recompute the report in DIR and compare (exit 1).")
+ARGS_FILE = "report.json"
+CHECKED_FILES = ("report.md", "report.csv")
+CONVERGED_GAIN = 0.003  # Validation accuracy gain over the last fifth: < 0.3 points.
+LAST_FIFTH = 0.8
 
 
 class ReportError(ValueError):
   """Nothing to report, or a field or metric that the runs do not have."""
+
+
+class ReportMismatch(ReportError):
+  """A committed report that its runs no longer give (``--check``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +78,15 @@ class Run:
   config: Mapping[str, Any]
   final: Mapping[str, Mapping[str, Any]]  # kind -> the row of that kind with the largest step.
   status: Mapping[str, Any]
+  val_curve: tuple[tuple[int, float], ...] = ()  # (step, accuracy) of the "val" rows.
+
+  def last_fifth_gain(self) -> float:
+    """Validation accuracy at the end minus at 80% of training (NaN without val rows)."""
+    if not self.val_curve:
+      return math.nan
+    last_step, last = self.val_curve[-1]
+    start = next(acc for step, acc in self.val_curve if step >= LAST_FIFTH * last_step)
+    return last - start
 
   @property
   def last_step(self) -> int:
@@ -127,18 +155,31 @@ def read_json(path: pathlib.Path) -> dict:
     return {}
 
 
-def final_rows(path: pathlib.Path) -> dict[str, dict[str, Any]]:
-  """For each row kind ("train", "eval"), the row with the largest step."""
-  final: dict[str, dict[str, Any]] = {}
+def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
+  """The rows of a ``metrics.jsonl`` (a partial last line of a killed process is skipped)."""
+  rows = []
   for line in path.read_text().splitlines():
     try:
-      row = json.loads(line)
+      rows.append(json.loads(line))
     except ValueError:
-      continue  # A partial line left by a killed process.
+      continue
+  return rows
+
+
+def final_rows(path: pathlib.Path) -> dict[str, dict[str, Any]]:
+  """For each row kind ("train", "eval", "val"), the row with the largest step."""
+  final: dict[str, dict[str, Any]] = {}
+  for row in read_rows(path):
     kind = row.get("kind", "train")
     if kind not in final or row.get("step", 0) >= final[kind].get("step", 0):
       final[kind] = row
   return final
+
+
+def val_curve(path: pathlib.Path) -> tuple[tuple[int, float], ...]:
+  """``(step, accuracy)`` of every validation row, by step."""
+  rows = [r for r in read_rows(path) if r.get("kind") == "val" and "accuracy" in r]
+  return tuple(sorted((int(r["step"]), float(r["accuracy"])) for r in rows))
 
 
 def collect_runs(root: str | pathlib.Path) -> list[Run]:
@@ -159,6 +200,7 @@ def collect_runs(root: str | pathlib.Path) -> list[Run]:
         config=flatten(read_json(run_dir / CONFIG_FILE)),
         final=final_rows(metrics),
         status=read_json(run_dir / STATUS_FILE),
+        val_curve=val_curve(metrics),
       )
     )
   if not runs:
@@ -258,6 +300,14 @@ def format_value(value: float, metric: str) -> str:
   return f"{100 * value:.2f}" if "accuracy" in metric else f"{value:.4g}"
 
 
+def format_gain(gain: float) -> str:
+  """``+0.12 (met)``: the convergence criterion of the reproduction protocol."""
+  if not math.isfinite(gain):
+    return "n/a"
+  verdict = "met" if gain < CONVERGED_GAIN else "not met"
+  return f"{100 * gain:+.2f} ({verdict})"
+
+
 def format_cell(group: Group | None, metric: str) -> str:
   """``85.12 (84.90-85.40, n=3)``, with failures counted."""
   if group is None:
@@ -296,13 +346,17 @@ def markdown(
   for r in row_keys:
     cells = [format_cell(cell.get((r, c)), metric) for c in col_keys]
     lines.append("| " + " | ".join([label(r, rows), *cells]) + " |")
-  lines += ["", "## Runs", "", f"| run | {metric} | steps | wall time (s) | status |"]
-  lines.append("|---|---|---|---|---|")
+  lines += ["", "## Runs", ""]
+  with_val = any(run.val_curve for run in runs)
+  gain_header = " validation gain over the last fifth (points) |" if with_val else ""
+  lines.append(f"| run | {metric} | steps | wall time (s) | status |{gain_header}")
+  lines.append("|---|---|---|---|---|" + ("---|" if with_val else ""))
   for run in runs:
     wall = run.status.get("wall_s", "")
     state = run.status.get("status") or ("done" if run.complete else "incomplete")
     value = format_value(run.value(metric), metric)
-    lines.append(f"| {run.name} | {value} | {run.last_step} | {wall} | {state} |")
+    gain = f" {format_gain(run.last_fifth_gain())} |" if with_val else ""
+    lines.append(f"| {run.name} | {value} | {run.last_step} | {wall} | {state} |{gain}")
   if failures:
     lines += ["", "## Failed before training", ""]
     lines += [f"- {name}: {error}" for name, error in failures]
@@ -327,8 +381,9 @@ def write_report(
   rows: Sequence[str] = (),
   cols: Sequence[str] = (),
   out: str | pathlib.Path | None = None,
+  plot: bool = True,
 ) -> list[Group]:
-  """Collects, aggregates and writes report.md, report.csv and report.png.
+  """Collects, aggregates and writes report.md, report.csv, report.png and report.json.
 
   Args:
     root: directory searched for runs.
@@ -336,6 +391,7 @@ def write_report(
     rows: row fields; empty: ``default_rows``.
     cols: column fields.
     out: output directory (default ``root``).
+    plot: also draw report.png.
 
   Returns:
     The groups (one per table cell).
@@ -353,13 +409,52 @@ def write_report(
   text = markdown(runs, groups, metric, rows, cols, str(root), failed_without_metrics(root))
   (out / "report.md").write_text(text)
   write_csv(out / "report.csv", groups, rows, cols)
-  plot_groups(out / "report.png", groups, metric, rows, cols)
+  if plot:
+    plot_groups(out / "report.png", groups, metric, rows, cols)
+  args = {"root": str(root), "metric": metric, "rows": list(rows), "cols": list(cols)}
+  (out / ARGS_FILE).write_text(json.dumps(args, indent=2) + "\n")
   return groups
+
+
+def check_report(directory: str | pathlib.Path) -> int:
+  """Recomputes the report in ``directory`` from its runs; the number of files compared.
+
+  Raises:
+    ReportError: no ``report.json``.
+    ReportMismatch: a recomputed file differs (names the first differing line).
+  """
+  directory = pathlib.Path(directory)
+  args_path = directory / ARGS_FILE
+  if not args_path.is_file():
+    raise ReportError(f"{args_path} not found: --check needs a report written by this tool")
+  args = read_json(args_path)
+  with tempfile.TemporaryDirectory() as scratch:
+    write_report(args["root"], args["metric"], args["rows"], args["cols"], scratch, plot=False)
+    for name in CHECKED_FILES:
+      committed = (directory / name).read_text().splitlines() if (directory / name).exists() else []
+      fresh = (pathlib.Path(scratch) / name).read_text().splitlines()
+      for number, (old, new) in enumerate(itertools.zip_longest(committed, fresh), start=1):
+        if old != new:
+          raise ReportMismatch(
+            f"{directory / name} line {number} differs from its runs: {old!r} != {new!r}"
+          )
+  return len(CHECKED_FILES)
 
 
 def main(argv: list[str]) -> int:
   if len(argv) != 2:
-    return fail("give exactly one ROOT directory: python -m experiments.report ROOT [--metric=...]")
+    return fail(
+      "give exactly one ROOT directory: python -m experiments.studies.report ROOT [--metric=...]"
+    )
+  if CHECK.value:
+    try:
+      checked = check_report(argv[1])
+    except ReportMismatch as error:
+      return fail(str(error), REPORT_DIFFERS)
+    except ReportError as error:
+      return fail(str(error))
+    print(f"report: {argv[1]} matches its runs ({checked} files)")
+    return 0
   try:
     groups = write_report(argv[1], METRIC.value, ROWS.value, COLS.value, OUT.value)
   except ReportError as error:

@@ -1,4 +1,4 @@
-"""Signal Propagation Plots from the command line (SPEC section 5, GitHub issue 3).
+"""Signal Propagation Plots from the command line (paper Section 3, Figures 1 and 2).
 
 Named figures of the paper (600-layer networks, N(0, 1) inputs, 224 px, batch 8)::
 
@@ -34,7 +34,8 @@ import jax
 import numpy as np
 
 import nfresnet
-from experiments.spp_models import (
+from experiments import cli
+from experiments.spp.models import (
   MODELS,
   ModelChoice,
   TrainedRun,
@@ -43,7 +44,7 @@ from experiments.spp_models import (
   parse_model_spec,
   parse_value,
 )
-from experiments.spp_plot import SPPRun, plot_spp, write_csv, write_json
+from experiments.spp.plot import SPPRun, plot_spp, write_csv, write_json
 
 __all__ = [
   "FIGURES",
@@ -57,15 +58,14 @@ __all__ = [
 ]
 
 GAUSSIAN = "gaussian"
-DATASET_INPUTS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic")
 NF_600 = "depth=600,skip_gain_init=1,stem=imagenet_no_pool"
-BN_600 = "depth=600,order=relu_bn,stem=imagenet_no_pool"
+BN_600 = "depth=600,order=relu_bn,stem=imagenet_no_pool,conv_init=he"  # The paper's He init.
 FIGURES: Mapping[str, tuple[str, tuple[tuple[str, str], ...]]] = {
   "1": (
     "BN ResNet-V2-600 at initialization",
     (
-      ("BN-ReLU-Conv", "resnetv2:depth=600,order=bn_relu"),
-      ("ReLU-BN-Conv", "resnetv2:depth=600,order=relu_bn"),
+      ("BN-ReLU-Conv", "resnetv2:depth=600,order=bn_relu,conv_init=he"),
+      ("ReLU-BN-Conv", "resnetv2:depth=600,order=relu_bn,conv_init=he"),
     ),
   ),
   "2": (
@@ -86,7 +86,7 @@ FIGURES: Mapping[str, tuple[str, tuple[tuple[str, str], ...]]] = {
   ),
 }
 """Named figures: title and (label, model spec) pairs."""
-DEFAULT_RESOLUTION = 224  # SPEC section 5: 224 px or more (padding lowers small maps).
+DEFAULT_RESOLUTION = 224  # Zero padding lowers small maps' variances (docs/signal_propagation.md).
 DEFAULT_BATCH_SIZE = 8
 RGB = 3
 
@@ -113,7 +113,7 @@ def make_inputs(
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = OneLineParser(prog="python -m experiments.spp", description=__doc__.splitlines()[0])
+  parser = cli.UsageParser(prog="python -m experiments.spp", description=__doc__.splitlines()[0])
   parser.add_argument("--figure", choices=tuple(FIGURES), help="a named figure of the paper")
   parser.add_argument("--models", action="append", default=[], help="name:key=value,...")
   parser.add_argument("--checkpoint", action="append", default=[], help="a training workdir")
@@ -127,13 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-class OneLineParser(argparse.ArgumentParser):
-  """``argparse`` whose usage errors are one line and exit with code 2."""
-
-  def error(self, message: str):
-    self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 Choice = ModelChoice | TrainedRun
 
 
@@ -145,7 +138,9 @@ def check_arguments(args: argparse.Namespace) -> list[Choice]:
     )
   if args.batch_size < 1:
     raise UsageError(f"--batch_size={args.batch_size} must be at least 1")
-  allowed_inputs = (GAUSSIAN,) + DATASET_INPUTS
+  from experiments import data
+
+  allowed_inputs = (GAUSSIAN,) + data.ARRAY_SOURCES
   if args.input not in allowed_inputs:
     raise UsageError(f"unknown --input={args.input}; allowed: {', '.join(allowed_inputs)}")
   if args.figure:
@@ -213,8 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     choices = check_arguments(args)
     inputs = checked_inputs(args, choices)
   except UsageError as error:
-    print(f"python -m experiments.spp: error: {error}", file=sys.stderr)
-    return 2
+    return cli.fail(str(error))
   runs = measure_all(choices, inputs, args.seed)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@ r"""Runs every entry of a sweep, one after another: ``ROOT/<entry-name>`` per ru
 
 Usage::
 
-  python -m experiments.sweep --config=experiments/configs/fashion_mnist.py:table1 \
+  python -m experiments.studies.sweep --config=experiments/configs/fashion_mnist.py:table1 \
     --workdir=results/table1/runs [--dry_run] [--only=nf18_*,bn18_*] [--set=train.num_epochs=1]
 
 Each entry runs as its own ``python -m experiments.main`` process: a crash, an
@@ -48,7 +48,7 @@ FAILED = 1
 STATUS_FILE = "sweep_status.json"
 LOG_FILE = "train.log"
 CHECKPOINT_DIR = "checkpoints"
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 CONFIG = flags.DEFINE_string("config", None, "Config file and sweep name: FILE.py:SWEEP.")
 WORKDIR = flags.DEFINE_string("workdir", None, "Sweep root; entry NAME runs in ROOT/NAME.")

@@ -1,8 +1,8 @@
 """report.png: one line per series against a numeric field, or one point per group.
 
-Used by ``experiments.report``; a group is anything with ``row`` and ``col``
+Used by ``experiments.studies.report``; a group is anything with ``row`` and ``col``
 (tuples of JSON-encoded field values), ``values``, ``median``, ``low`` and
-``high`` (``experiments.report.Group``).
+``high`` (``experiments.studies.report.Group``).
 """
 
 from __future__ import annotations

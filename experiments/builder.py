@@ -1,0 +1,210 @@
+"""The one builder: an experiment config -> model, schedule, optimizer and train/eval steps.
+
+``build(config, num_classes, num_train_examples)`` is the only place that
+constructs the optimizer (``optim.build_optimizer``) and the jitted steps
+(``steps.make_train_step`` / ``steps.make_eval_step``). The trainer, the tests,
+the benchmarks and the notebooks all go through it, so they run the same program::
+
+  from experiments import builder
+  from experiments.configs import quickstart
+
+  experiment = builder.build(quickstart.get_config("smoke"), num_classes=10,
+                             num_train_examples=64)
+  state = experiment.init_state(image_shape=(16, 16, 1))
+  state, metrics = experiment.train_step(state, experiment.shard_batch(batch))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+import nfresnet
+from experiments import models, optim, steps
+from experiments.configs import ConfigError
+from experiments.train_state import TrainState, create_train_state, init_train_state
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+"""Allowed ``train.compute_dtype`` values (parameters stay float32 either way)."""
+
+ModelWrapper = Callable[[models.ModelFn], models.ModelFn]
+
+
+def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
+  """Cheap checks that fail before any data is read or anything is compiled.
+
+  Raises:
+    ConfigError: unknown model, dataset, optimizer or compute dtype, a training batch
+      size that is not a positive multiple of ``device_count``, or a non-positive
+      evaluation batch size.
+  """
+  from experiments import data  # Deferred: the builder stays importable without data deps.
+
+  models.resolve_name(config.model_name)
+  checks = (
+    ("data.name", config.data.name, data.SOURCES),
+    ("optimizer.name", config.optimizer.name, optim.OPTIMIZERS),
+    ("train.compute_dtype", config.train.compute_dtype, tuple(COMPUTE_DTYPES)),
+  )
+  for field, value, allowed in checks:
+    if value not in allowed:
+      raise ConfigError(f"unknown {field} {value!r}; allowed: {', '.join(allowed)}")
+  size = config.train.batch_size
+  if size <= 0 or size % device_count:
+    raise ConfigError(
+      f"train.batch_size={size} must be a positive multiple of the device count {device_count}"
+    )
+  if config.train.eval_batch_size <= 0:
+    raise ConfigError(f"train.eval_batch_size={config.train.eval_batch_size} must be positive")
+
+
+def padded_eval_batch_size(config: ml_collections.ConfigDict, device_count: int) -> int:
+  """``train.eval_batch_size`` rounded up to a multiple of ``device_count``.
+
+  The evaluation batches are padded to this size and the padding is masked out, so
+  any device count evaluates every example exactly once (1000 on 16 devices: 1008).
+  """
+  return -(-config.train.eval_batch_size // device_count) * device_count
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """Everything a config builds, ready to train and evaluate.
+
+  Attributes:
+    config: the experiment config it was built from.
+    num_classes: classifier outputs.
+    model: the transformed model used inside the steps (cross-replica BN axis bound).
+    init_model: the same model for initialization, outside ``shard_map``.
+    schedule: derived training length, warm-up and peak learning rate.
+    lr_fn: the learning-rate schedule.
+    optimizer: the optax chain.
+    mesh: the 1-D ``data`` mesh the steps run on.
+    eval_batch_size: the global evaluation batch (``padded_eval_batch_size``).
+    train_step: ``(state, batch) -> (state, metrics)``, jitted, state donated.
+    eval_step: ``(state, batch) -> global sums``, jitted.
+  """
+
+  config: ml_collections.ConfigDict
+  num_classes: int
+  model: hk.TransformedWithState
+  init_model: hk.TransformedWithState
+  schedule: optim.Schedule
+  lr_fn: optax.Schedule
+  optimizer: optax.GradientTransformation
+  mesh: jax.sharding.Mesh
+  eval_batch_size: int
+  train_step: Callable[[TrainState, steps.Batch], tuple[TrainState, steps.Metrics]]
+  eval_step: Callable[[TrainState, steps.Batch], steps.Metrics]
+
+  @property
+  def use_ema(self) -> bool:
+    return self.config.train.ema_decay > 0
+
+  @property
+  def stacked(self) -> bool:
+    """``model.stack_blocks``: the state starts from the unrolled model's initialization."""
+    return bool(self.config.model.get("stack_blocks", False))
+
+  def _init_args(self, image_shape: Sequence[int]) -> dict[str, Any]:
+    return dict(
+      model=self.init_model,
+      optimizer=self.optimizer,
+      seed=self.config.train.seed,
+      sample_image=jnp.zeros((1, *image_shape), jnp.float32),
+      use_ema=self.use_ema,
+      convert_params=nfresnet.stack_params if self.stacked else None,
+    )
+
+  def init_state(self, image_shape: Sequence[int]) -> TrainState:
+    """The step-0 state for images of ``image_shape`` (H, W, C), replicated over the mesh.
+
+    A stacked model (``stack_blocks=True``) starts from ``nfresnet.stack_params`` of the
+    unrolled model's initialization, so it trains exactly as the unrolled model does.
+    """
+    sharding = steps.replicated_sharding(self.mesh)
+    return create_train_state(**self._init_args(image_shape), sharding=sharding)
+
+  def abstract_state(self, image_shape: Sequence[int]) -> TrainState:
+    """Shapes, dtypes and shardings of ``init_state`` (nothing is computed)."""
+    replicated = steps.replicated_sharding(self.mesh)
+    args = self._init_args(image_shape)
+    return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      jax.eval_shape(lambda: init_train_state(**args)),
+    )
+
+  def shard_batch(self, batch: dict[str, Any]) -> steps.Batch:
+    """Global arrays sharded over the mesh from this process's share of a batch."""
+    return steps.global_batch(batch, self.mesh)
+
+
+def build(
+  config: ml_collections.ConfigDict,
+  num_classes: int,
+  num_train_examples: int,
+  *,
+  devices: Sequence[jax.Device] | None = None,
+  model_wrapper: ModelWrapper | None = None,
+) -> Experiment:
+  """Builds the model, schedule, optimizer and sharded train/eval steps of ``config``.
+
+  Args:
+    config: an experiment config (``experiments/configs/*.py``), overrides applied.
+    num_classes: classifier outputs (the dataset's).
+    num_train_examples: size of the training split (epochs -> steps).
+    devices: the devices of the ``data`` mesh (default: all of them).
+    model_wrapper: optional ``model_fn -> model_fn`` applied inside the transform,
+      e.g. to run the model under ``nfresnet.frozen()`` (benchmarks).
+
+  Returns:
+    The Experiment.
+
+  Raises:
+    ConfigError: invalid config (see ``check_config``).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  check_config(config, len(devices))
+  wrap = model_wrapper or (lambda fn: fn)
+  model = hk.transform_with_state(wrap(models.model_fn(config, num_classes, steps.AXIS)))
+  # Initialization runs outside shard_map, where a cross-replica axis is unbound; a stacked
+  # model initializes as the unrolled one (``Experiment.init_state`` stacks the result).
+  init_config = config
+  if config.model.get("stack_blocks", False):
+    init_config = ml_collections.ConfigDict(config.to_dict())
+    init_config.model.stack_blocks = False
+  init_model = hk.transform_with_state(wrap(models.model_fn(init_config, num_classes)))
+  schedule = optim.make_schedule(config, num_train_examples)
+  lr_fn = optim.learning_rate_fn(schedule)
+  optimizer = optim.build_optimizer(config.optimizer, lr_fn)
+  mesh = steps.make_mesh(devices)
+  dtype = COMPUTE_DTYPES[config.train.compute_dtype]
+  train_body = steps.train_step_body(
+    model,
+    optimizer,
+    lr_fn,
+    label_smoothing=config.train.label_smoothing,
+    compute_dtype=dtype,
+    ema_decay=config.train.ema_decay,
+    ema_warmup=config.train.ema_warmup,
+  )
+  return Experiment(
+    config=config,
+    num_classes=num_classes,
+    model=model,
+    init_model=init_model,
+    schedule=schedule,
+    lr_fn=lr_fn,
+    optimizer=optimizer,
+    mesh=mesh,
+    eval_batch_size=padded_eval_batch_size(config, len(devices)),
+    train_step=steps.make_train_step(train_body, mesh),
+    eval_step=steps.make_eval_step(steps.eval_step_body(model, dtype), mesh),
+  )
