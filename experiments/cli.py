@@ -60,3 +60,15 @@ def parse_bool(value: str) -> bool:
   if lowered in ("false", "0"):
     return False
   raise argparse.ArgumentTypeError(f"{value!r} is not a boolean (true/false)")
+
+
+def parse_scalar(text: str) -> bool | int | float | str:
+  """A ``key=value`` value: ``true``/``false`` -> bool, then int, then float, else the string."""
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text

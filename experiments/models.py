@@ -55,6 +55,7 @@ BUILTIN_MODELS: Mapping[str, ModelEntry] = {
   "skipinit": ModelEntry(nfresnet.SkipInitResNet),
   "fixup": ModelEntry(nfresnet.FixupResNet),
   "nf_regnet": ModelEntry(nfresnet.NFRegNet),
+  "nfnet": ModelEntry(nfresnet.NFNet),
 }
 MODELS: dict[str, ModelEntry] = dict(BUILTIN_MODELS)
 """Allowed ``config.model_name`` values (``register_model`` adds)."""

@@ -24,6 +24,7 @@ from nfresnet.layout import BlockSpec, block_specs, expected_variances, resnet_s
 from nfresnet.mean_field import mean_field_signal_variance
 from nfresnet.nf_regnet import NF_REGNET_VARIANTS, NFRegNet, NFRegNetBlock
 from nfresnet.nf_resnet import NFResNet
+from nfresnet.nfnet import NFNET_VARIANTS, NFNet, NFNetBlock
 from nfresnet.signal_propagation import (
   channel_statistics,
   draw_params,
@@ -52,6 +53,9 @@ __all__ = [
   "NFRegNetBlock",
   "NF_REGNET_VARIANTS",
   "NFResNet",
+  "NFNet",
+  "NFNetBlock",
+  "NFNET_VARIANTS",
   "ResidualBlock",
   "SqueezeExcite",
   "WSConv2D",

@@ -32,12 +32,18 @@ def _gelu(x: jax.Array) -> jax.Array:
   return jax.nn.gelu(x, approximate=False)
 
 
+def _gelu_tanh(x: jax.Array) -> jax.Array:
+  """Tanh-approximate GELU, ``jax.nn.gelu``'s default: the reference NFNets' "gelu"."""
+  return jax.nn.gelu(x, approximate=True)
+
+
 # Explicit registry of named nonlinearities.
 ACTIVATIONS: dict[str, Activation] = {
   "relu": jax.nn.relu,
   "silu": jax.nn.silu,
   "swish": jax.nn.silu,
   "gelu": _gelu,
+  "gelu_tanh": _gelu_tanh,
   "elu": jax.nn.elu,
   "celu": jax.nn.celu,
   "selu": jax.nn.selu,
@@ -58,6 +64,7 @@ REFERENCE_GAMMAS: Mapping[str, float] = {
   "silu": 1.7881293296813965,
   "swish": 1.7881293296813965,
   "gelu": 1.7015043497085571,
+  "gelu_tanh": 1.7015043497085571,  # The same constant: the reference's gelu is this one.
   "elu": 1.2716004848480225,
   "celu": 1.270926833152771,
   "selu": 1.0008515119552612,

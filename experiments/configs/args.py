@@ -36,6 +36,7 @@ NF_ALPHA = 0.2  # Residual scale of every NF network (paper Section 4).
 NF_SKIP_GAIN_INIT = 0.0  # Zero-init as in the reference implementation; 1.0 for SPPs.
 SMOKE_DEPTHS = {"basic": 18, "bottleneck": 26}  # Shallowest ResNet of each block type.
 SMOKE_REGNET_VARIANT = "B0"
+SMOKE_NFNET_VARIANT = "F0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +168,7 @@ def apply_smoke(config: ml_collections.ConfigDict, *, image_size: int = 16) -> N
   """Shrinks ``config`` in place to a seconds-long CPU run on synthetic data.
 
   Tiny width, the CIFAR stem and the shallowest depth of the same block type
-  (ResNets: 18 for basic, 26 for bottleneck blocks; NF-RegNets: B0), synthetic
+  (ResNets: 18 for basic, 26 for bottleneck blocks; NF-RegNets: B0; NFNets: F0), synthetic
   16 px images,
   batch 8 (a multiple of 8 fake devices), 2 training steps, no progress bar.
   The model family, activation and regularization stay as chosen.
@@ -176,6 +177,10 @@ def apply_smoke(config: ml_collections.ConfigDict, *, image_size: int = 16) -> N
     config.model.width = 0.0625
     config.model.stem = "cifar"
     config.model.depth = SMOKE_DEPTHS[RESNET_DEPTHS[config.model.depth][1]]
+  elif config.model_name == "nfnet":  # F0 at 1/16 width; groups of 8 fit its narrow stages.
+    config.model.variant = SMOKE_NFNET_VARIANT
+    config.model.width = 0.0625
+    config.model.group_width = 8
   else:  # NF-RegNet: the smallest variant; its width multiplies the variant's base widths.
     config.model.variant = SMOKE_REGNET_VARIANT
     config.model.width = 0.125

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 import nfresnet
-from experiments import models
+from experiments import cli, models
 from experiments.models import ModelEntry
 
 NUM_CLASSES = 1000  # The classifier does not affect the statistics.
@@ -145,16 +145,7 @@ def downsampling(constructor, kwargs: Mapping[str, Any]) -> int:
   return CIFAR_DOWNSAMPLING if stem == "cifar" else IMAGENET_DOWNSAMPLING
 
 
-def parse_value(text: str) -> bool | int | float | str:
-  """``true``/``false`` -> bool, then int, then float, else the string."""
-  if text.lower() in ("true", "false"):
-    return text.lower() == "true"
-  for kind in (int, float):
-    try:
-      return kind(text)
-    except ValueError:
-      pass
-  return text
+parse_value = cli.parse_scalar
 
 
 def _typed(key: str, value: Any, default: Any, spec: str) -> Any:
