@@ -58,7 +58,8 @@ class NFNetVariant:
     test_resolution: evaluation image size.
     dropout_rate: dropout before the classifier.
     randaugment_layers: RandAugment ops per image in the reference recipe
-      (``RA_level`` "405": 4 layers of magnitude 5); not implemented here.
+      (``RA_level`` "405": 4 layers of magnitude 5; ``data.randaugment`` of the
+      NFNet config, ``experiments.data.randaugment``).
     randaugment_magnitude: RandAugment magnitude in the reference recipe.
   """
 

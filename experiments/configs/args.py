@@ -189,6 +189,7 @@ def apply_smoke(config: ml_collections.ConfigDict, *, image_size: int = 16) -> N
   data.image_size = image_size
   data.eval_image_size = None
   data.augment = "none"
+  data.randaugment = None
   data.synthetic.image_size = image_size
   data.synthetic.num_train = 64
   data.synthetic.num_test = 16

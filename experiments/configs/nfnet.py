@@ -20,17 +20,19 @@ Recipe (all from the reference config):
   only, adaptive gradient clipping (AGC) at 0.01 with eps 1e-3 on every
   parameter except the final classifier (``experiments.optim.is_clipped``);
 - regularization: label smoothing 0.1, MixUp (0.2) and CutMix (1.0) on half of
-  each batch each, EMA of the parameters with decay 0.99999 and the reference's
-  warm-up;
+  each batch each, RandAugment (``data.randaugment``, the reference's
+  ``cutmix_mixup_randaugment_NMM``: 4 layers of magnitude 5 for F0, "405"; 10 for
+  F1-F2, "410"; 15 for F3-F7, "415"; levels from ``NFNET_VARIANTS``), EMA of the
+  parameters with decay 0.99999 and the reference's warm-up;
 - bfloat16 activations with float32 parameters, as the reference.
 Steps, warm-up steps and the batch-scaled learning rate are derived at run time
 (``experiments.optim.make_schedule``), so overrides stay consistent.
 
-Not implemented: RandAugment (the reference applies ``cutmix_mixup_randaugment_NMM``:
-4 layers of magnitude 5 for F0, 10 for F1-F2, 15 for F3-F7; the levels are in
-``NFNET_VARIANTS``), so expect lower accuracy than the paper; SAM (the released F6);
-the reference also AGC-clips the classifier bias, which ``is_clipped`` leaves out
-with the rest of the classifier.
+Differences: RandAugment runs per example before MixUp/CutMix (the reference,
+``augment_before_mix=False``, augments the mixed images; see
+``experiments.data.randaugment``). Not implemented: SAM (the released F6); the
+reference also AGC-clips the classifier bias, which ``is_clipped`` leaves out with
+the rest of the classifier.
 
 Command::
 
@@ -38,8 +40,8 @@ Command::
     --workdir=/ckpt/nfnet_f0 --config.data.data_dir=/data/tfds
 
 Hardware: the paper used TPU v3 pods; data-parallel over every local device, the
-batch must divide by the device count. Expected result: F0 ~83.6% top-1 with
-RandAugment (reference README); not run at this scale here.
+batch must divide by the device count. Expected result: F0 ~83.6% top-1 (reference
+README); not run at this scale here.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.resize_method = "bicubic"  # The reference's interpolation.
   data.mixup_alpha = NFNET_RECIPE["mixup"]
   data.cutmix_alpha = NFNET_RECIPE["cutmix"]
+  data.randaugment = f"{row.randaugment_layers}{row.randaugment_magnitude:02d}"  # F0: "405".
   train = config.train
   train.batch_size = NFNET_RECIPE["batch_size"]
   train.eval_batch_size = 1000  # 50,000 validation images in 50 batches.

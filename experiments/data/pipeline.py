@@ -28,7 +28,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from experiments.data import augment
+from experiments.data import augment, randaugment
 from experiments.data.sources import Source, check_config
 
 
@@ -159,6 +159,10 @@ def process_images(
 ) -> np.ndarray:
   """Resizes, augments (when ``keys`` is given) and normalizes a batch.
 
+  Training: the ``augment`` crop/flip, then RandAugment when ``randaugment`` is set, on each
+  example before normalization (MixUp/CutMix come after, in ``_train_batch``; the NFNet
+  reference applies RandAugment to the mixed images instead).
+
   Args:
     images: uint8 ``[B, H, W, C]`` or a list of ``[H_i, W_i, C]``.
     config: the data config.
@@ -182,7 +186,22 @@ def process_images(
     x = _resize_each(images, size, method)
     if config.augment == "cifar" and keys is not None:
       x = augment.pad_crop_flip(x, augment.uniforms(keys, 3), config.get("crop_padding", 4))
+  if config.get("randaugment") is not None and keys is not None:
+    x = _rand_augment(x, keys, config.randaugment)
   return augment.normalize(x, source.mean, source.std)
+
+
+RANDAUGMENT_SALT = np.uint64(0x52414E4441554721)
+"""XOR-ed into the example keys for RandAugment's draws, apart from the crop's and flip's."""
+
+
+def _rand_augment(x: np.ndarray, keys: np.ndarray, level: str) -> np.ndarray:
+  """RandAugment ``level`` on float images in [0, 255]: clipped and truncated to uint8 (the
+  reference's ``tf.cast``), augmented per example (``randaugment.rand_augment``)."""
+  layers, magnitude = randaugment.parse_level(level)
+  draws = randaugment.NUM_DRAWS(layers)
+  u = augment.uniforms(np.asarray(keys, np.uint64) ^ RANDAUGMENT_SALT, draws)
+  return randaugment.rand_augment(np.clip(x, 0, 255).astype(np.uint8), u, layers, magnitude)
 
 
 def _train_batch(

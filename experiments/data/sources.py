@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 import ml_collections
 import numpy as np
 
-from experiments.data import augment, files, tfds_source
+from experiments.data import augment, files, randaugment, tfds_source
 from experiments.data.files import DatasetError
 
 SPLITS = ("train", "validation", "test")
@@ -212,6 +212,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"unknown data.resize_method {method!r}; allowed: {allowed}")
   if config.mixup_alpha < 0 or config.cutmix_alpha < 0:
     raise ValueError("data.mixup_alpha and data.cutmix_alpha must be >= 0")
+  if config.get("randaugment") is not None:
+    try:
+      randaugment.parse_level(config.randaugment)
+    except ValueError as error:
+      raise ValueError(f"bad data.randaugment: {error}") from None
 
 
 class SubsetSource:
@@ -305,6 +310,8 @@ def default_data_config() -> ml_collections.ConfigDict:
       # "inception": centre crop kept at evaluation; None: S / (S + 32), the reference's.
       "eval_crop_fraction": placeholder(float),
       "resize_method": "bilinear",  # One of RESIZE_METHODS ("bicubic": the reference's).
+      # Training only: RandAugment level "NMM" (N layers of magnitude MM, e.g. "405"); None: off.
+      "randaugment": placeholder(str),
       "validation_examples": 0,  # Held out of train as the "validation" split; 0 = none.
       "mixup_alpha": 0.0,  # 0 = off.
       "cutmix_alpha": 0.0,  # 0 = off.
