@@ -10,6 +10,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import nfresnet as nf
+from experiments.train_state import INIT_COMPILER_OPTIONS
 
 
 def _shapes(model_fn, shape=(1, 224, 224, 3)):
@@ -84,9 +85,7 @@ def test_skipinit_blocks_are_identity_at_init():
 
 
 def test_fixup_init():
-  model = lambda x: nf.FixupResNet(3, 50, width=0.25)(x, True)  # noqa: E731
-  f = hk.transform(model)
-  params = f.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  params = _init(lambda x: nf.FixupResNet(3, 50, width=0.25)(x, True))
   for conv in ("conv0", "conv1"):  # He-normal over the fan-out, times L^(-1/4), L = 16 blocks.
     w = params[f"fixup_resnet/stage3_block2/{conv}"]["w"]
     fan_out = np.prod(w.shape[:2]) * w.shape[3]
@@ -143,21 +142,25 @@ def test_baseline_50_parameter_counts_equal_the_reference(cls, count):
   assert nf.count_params(params) == count
 
 
+def _init(model_fn, state=False, jit=True):
+  """Parameters of ``model_fn`` on 32 px input (jitted: one compile instead of many ops)."""
+  f = (hk.transform_with_state if state else hk.transform)(model_fn)
+  init = lambda: f.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))  # noqa: E731
+  out = jax.jit(init).lower().compile(INIT_COMPILER_OPTIONS)() if jit else init()
+  return out[0] if state else out
+
+
 def test_skipinit_and_bn_use_the_reference_initializers():
-  f = hk.transform(lambda x: nf.SkipInitResNet(10, 50, width=0.25)(x, True))
-  params = f.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  params = _init(lambda x: nf.SkipInitResNet(10, 18, width=0.125)(x, True))
   assert set(params["skipinit_resnet/stem"]) == {"w"}  # No stem bias.
   np.testing.assert_array_equal(params["skipinit_resnet/classifier"]["w"], 0.0)
   w = params["skipinit_resnet/stage3_block2/conv1"]["w"]
   fan_in = np.prod(w.shape[:-1])
   assert float(jnp.std(w)) == pytest.approx(0.8796 / np.sqrt(fan_in), rel=0.05)
-  he = hk.transform(lambda x: nf.SkipInitResNet(10, 50, width=0.25, conv_init="he")(x, True))
-  w_he = he.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))[
-    "skipinit_resnet/stage3_block2/conv1"
-  ]
-  assert float(jnp.std(w_he["w"])) == pytest.approx(np.sqrt(2 / fan_in), rel=0.05)
-  bn = hk.transform_with_state(lambda x: nf.ResNetV2(10, 50, width=0.25)(x, True))
-  bn_params, _ = bn.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  he = _init(lambda x: nf.SkipInitResNet(10, 18, width=0.125, conv_init="he")(x, True))
+  w_he = he["skipinit_resnet/stage3_block2/conv1"]["w"]
+  assert float(jnp.std(w_he)) == pytest.approx(np.sqrt(2 / fan_in), rel=0.05)
+  bn_params = _init(lambda x: nf.ResNetV2(10, 18, width=0.125)(x, True), state=True)
   w_bn = bn_params["resnet_v2/stage3_block2/conv1"]["w"]
   assert float(jnp.std(w_bn)) == pytest.approx(0.8796 / np.sqrt(fan_in), rel=0.05)
   with pytest.raises(ValueError, match="conv_init"):

@@ -6,7 +6,6 @@ form for two steps. That the layer list computes what the authors' NFNet compute
 tested in tests/test_weights.py (their own model's logits, reproduced).
 """
 
-import json
 import math
 
 import haiku as hk
@@ -15,10 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import models, optim
+from experiments import builder, models, optim, steps
 from experiments.configs import ConfigError
 from experiments.configs import nfnet as nfnet_config
-from experiments.train import train_and_evaluate
 from nfresnet import NFNET_VARIANTS, NFNet, count_params
 from nfresnet.nfnet import nfnet_specs
 
@@ -218,14 +216,28 @@ def test_bad_arguments_raise_one_line_config_errors(arg, message):
   assert "\n" not in str(error.value)
 
 
-def test_smoke_form_trains_two_steps(tmp_path):
+def test_smoke_form_builds_and_lowers_its_train_and_eval_steps():
+  """The smoke config through the one builder: the bf16 AGC train step and the eval step trace
+  and lower (compiling them on CPU takes a minute; the other configs' smoke runs train)."""
   config = nfnet_config.get_config("variant=F2,smoke")
   assert (config.model.variant, config.model.width, config.model.group_width) == ("F0", 0.0625, 8)
   assert config.optimizer.agc_clip == 0.01 and config.data.name == "synthetic"
-  config.train.compute_dtype = "float32"  # bf16 convolutions compile slowly on CPU.
-  config.lock()
-  _, metrics = train_and_evaluate(config, tmp_path)
-  assert metrics["step"] == 2 and math.isfinite(metrics["train/loss"])
-  assert metrics["eval/count"] == 16 and "eval/ema_accuracy" in metrics
-  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [(r["step"], r["kind"]) for r in rows] == [(1, "train"), (2, "train"), (2, "eval")]
+  assert config.data.randaugment is None and config.train.compute_dtype == "bfloat16"
+  experiment = builder.build(config, 10, 64)
+  state = experiment.abstract_state((16, 16, 3))
+  sharded = steps.batch_sharding(experiment.mesh)
+  batch = {
+    "image": jax.ShapeDtypeStruct((8, 16, 16, 3), jnp.float32, sharding=sharded),
+    "label": jax.ShapeDtypeStruct((8, 10), jnp.float32, sharding=sharded),  # MixUp targets.
+    "mask": jax.ShapeDtypeStruct((8,), jnp.float32, sharding=sharded),
+  }
+  train = experiment.train_step.lower(state, {k: batch[k] for k in ("image", "label")})
+  assert "bf16" in train.as_text()
+  new_state, metrics = jax.eval_shape(
+    experiment.train_step, state, {k: batch[k] for k in ("image", "label")}
+  )
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  assert {"loss", "grad_norm", "param_norm"} <= set(metrics)
+  eval_batch = dict(batch, label=jax.ShapeDtypeStruct((8,), jnp.int32, sharding=sharded))
+  sums = jax.eval_shape(experiment.eval_step, state, eval_batch)
+  assert "ema_correct" in sums
