@@ -225,24 +225,38 @@ def test_parse_args_defaults_and_types():
 def test_protocol_tuning_grid_and_seed_sweeps_read_tuning_csv(tmp_path, monkeypatch):
   from experiments.configs import fashion_mnist, small_images
 
+  monkeypatch.setattr(small_images, "RESULTS_DIR", tmp_path)
   grid = fashion_mnist.get_sweep("table1_tune")
   assert len(grid) == 12 * 3  # 4 models x 2 depths + NF/BN regularized x 2 depths; 3 rates.
   assert {e.overrides["optimizer.base_lr"] for e in grid} == {0.05, 0.1, 0.2}
   assert all(e.overrides["data.validation_examples"] == 5000 for e in grid)
-  monkeypatch.setattr(small_images, "RESULTS_DIR", tmp_path)
   with pytest.raises(
     ConfigError, match="tuning.csv not found: run the fashion_mnist.py:table1_tune"
   ):
     fashion_mnist.get_sweep("table1")
   (tmp_path / "table1").mkdir()
-  lines = ["cell,base_lr,val/accuracy,last_fifth_gain,chosen,run"]
-  for entry in grid:
-    cell, lr = entry.name.rsplit("_lr", 1)
-    lines.append(f"{cell},{lr},0.9,0.001,{int(float(lr) == 0.2)},{entry.name}")
-  (tmp_path / "table1" / "tuning.csv").write_text("\n".join(lines) + "\n")
+  header = "cell,base_lr,val/accuracy,last_fifth_gain,chosen,run,next_lr"
+
+  def write_tuning(next_lr):
+    lines = [header]
+    for entry in grid:
+      cell, lr = entry.name.rsplit("_lr", 1)
+      chosen = float(lr) == 0.2
+      edge = next_lr if chosen and cell == "nf18" else ""
+      lines.append(f"{cell},{lr},0.9,0.001,{int(chosen)},{entry.name},{edge}")
+    (tmp_path / "table1" / "tuning.csv").write_text("\n".join(lines) + "\n")
+
+  write_tuning("0.4")  # nf18's best rate is the grid's largest: one more rate first.
+  extended = fashion_mnist.get_sweep("table1_tune")
+  assert [e.name for e in extended if e.name not in {g.name for g in grid}] == ["nf18_lr0.4"]
+  with pytest.raises(ConfigError, match="best rate at a grid edge for nf18: rerun"):
+    fashion_mnist.get_sweep("table1")
+  write_tuning("")
   seeds = fashion_mnist.get_sweep("table1")
   assert len(seeds) == 12 * 3 and {e.overrides["optimizer.base_lr"] for e in seeds} == {0.2}
   assert {e.overrides["train.seed"] for e in seeds} == {0, 1, 2}
+  reuse = {e.name: e.reuse for e in seeds if e.reuse}
+  assert len(reuse) == 12 and reuse["nf18_seed0"] == "../tuning/nf18_lr0.2"
   table2 = fashion_mnist.get_sweep("table2")
   assert len(table2) == 2 * 9 * 3
   assert {e.overrides["train.batch_size"] for e in table2} == {
@@ -255,4 +269,10 @@ def test_protocol_tuning_grid_and_seed_sweeps_read_tuning_csv(tmp_path, monkeypa
     256,
     512,
     1024,
+  }
+  reused = {e.name: e.reuse for e in table2 if e.reuse}
+  assert reused == {
+    f"{m}18_batch128_seed{s}": f"../../table1/runs/{m}18_seed{s}"
+    for m in ("nf", "bn")
+    for s in range(3)
   }

@@ -43,7 +43,13 @@ TEST_CONFIG = textwrap.dedent(
       pair[0],
       SweepEntry("fresh_c", ARG, {"train.batch_size": 24}),
     ]
-    return select(name, {"pair": lambda: pair, "broken": lambda: broken}, "tiny")
+    reuse = [
+      SweepEntry("copy_a", ARG, {"train.batch_size": 8}, reuse="pair_a"),
+      SweepEntry("copy_other_config", ARG, {"train.batch_size": 24}, reuse="pair_a"),
+      SweepEntry("copy_unfinished", ARG, {"train.batch_size": 8}, reuse="no_such_run"),
+    ]
+    sweeps = {"pair": lambda: pair, "broken": lambda: broken, "reuse": lambda: reuse}
+    return select(name, sweeps, "tiny")
   """
 )
 
@@ -142,7 +148,7 @@ def test_unknown_sweep_name_is_a_one_line_usage_error(sweep_root):
   done = run_cli("experiments.studies.sweep", f"--config={config}:nope", f"--workdir={root}")
   assert done.returncode == 2
   assert done.stderr.strip().splitlines() == [
-    "error: unknown tiny sweep 'nope'; allowed: pair, broken"
+    "error: unknown tiny sweep 'nope'; allowed: pair, broken, reuse"
   ]
 
 
@@ -163,3 +169,31 @@ def test_entry_state(tmp_path):
   assert sweep.entry_state(tmp_path / "run") == "interrupted"
   (tmp_path / "run" / "sweep_status.json").write_text('{"status": "done"}')
   assert sweep.entry_state(tmp_path / "run") == "finished"
+
+
+def test_reuse_copies_a_finished_run_with_the_same_config_only(sweep_root):
+  config, root, done = sweep_root
+  assert done.returncode == 0, done.stderr
+  loaded = sweep.load_sweep(f"{config}:reuse")
+  same, other, unfinished = loaded.entries
+  assert sweep.reuse_run(loaded, other, str(root), ()) is None
+  assert sweep.reuse_run(loaded, unfinished, str(root), ()) is None
+  assert sweep.reuse_run(loaded, same, str(root), ("train.seed=1",)) is None
+  status = sweep.reuse_run(loaded, same, str(root), ())
+  assert status["status"] == "done" and status["reused"] == "pair_a"
+  copied = root / "copy_a"
+  assert sweep.entry_state(copied) == "finished"
+  assert final_eval_accuracy(copied) == final_eval_accuracy(root / "pair_a")
+  assert sorted(p.name for p in copied.iterdir()) == [
+    "config.json",
+    "metrics.jsonl",
+    "sweep_status.json",
+  ]
+
+
+def test_same_config_accepts_only_fields_added_later_as_none():
+  ran = {"data": {"augment": "none"}, "seed": 0}
+  assert sweep.same_config(ran, {"data": {"augment": "none", "randaugment": None}, "seed": 0})
+  assert not sweep.same_config(ran, {"data": {"augment": "none", "randaugment": 2}, "seed": 0})
+  assert not sweep.same_config(ran, {"data": {"augment": "none"}, "seed": 1})
+  assert not sweep.same_config({**ran, "old": 1}, ran)

@@ -51,3 +51,24 @@ def test_bad_input_is_one_line(tmp_path, capsys):
   assert tune.main([str(tmp_path / "missing")]) == 2
   err = capsys.readouterr().err
   assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_a_winner_at_the_grid_edge_proposes_the_next_rate(tmp_path):
+  root = tmp_path / "tuning"
+  for lr, val in [(0.05, 0.80), (0.1, 0.82), (0.2, 0.84)]:
+    write_run(root, f"nf18_lr{lr:g}", lr, val, 0.5)
+  for lr, val in [(0.05, 0.86), (0.1, 0.85)]:  # Grid not complete: no proposal yet.
+    write_run(root, f"bn18_lr{lr:g}", lr, val, 0.5)
+  for lr, val in [(0.05, 0.83), (0.1, 0.82), (0.2, 0.81)]:
+    write_run(root, f"fixup18_lr{lr:g}", lr, val, 0.5)
+  chosen = {t.cell: t for t in tune.trials(root, "val/accuracy") if t.chosen}
+  assert chosen["nf18"].next_lr == 0.4
+  assert chosen["bn18"].next_lr is None
+  assert chosen["fixup18"].next_lr == 0.025
+  for lr, val in [(0.4, 0.85), (0.8, 0.86)]:  # Two rates beyond the grid: no third.
+    write_run(root, f"nf18_lr{lr:g}", lr, val, 0.5)
+  found = tune.trials(root, "val/accuracy")
+  nf = [t for t in found if t.cell == "nf18" and t.chosen]
+  assert nf[0].learning_rate == 0.8 and nf[0].next_lr is None
+  tune.write_tuning(found, tmp_path, "val/accuracy")
+  assert "| fixup18 | **0.05** (grid edge: 0.025 next) |" in (tmp_path / "tuning.md").read_text()

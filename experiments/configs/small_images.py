@@ -37,6 +37,7 @@ CPU_DEPTHS = (18, 26)
 MEANSHIFT_DEPTH = 50
 RESULTS_DIR = pathlib.Path(__file__).resolve().parents[2] / "results"
 TUNING_CSV = "tuning.csv"
+TABLE1_BATCH = 128  # The protocol's batch size, Table 1's runs.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,16 +166,55 @@ def protocol_cells(study: str, protocol: Protocol) -> list[sweeps.SweepEntry]:
   ]
 
 
-def tuned_rates(what: str, study: str) -> dict[str, float]:
-  """``{cell: base_lr}`` chosen by ``experiments.studies.tune`` (``results/<study>/tuning.csv``)."""
+def tuning_rows(what: str, study: str, required: bool = True) -> list[dict[str, str]]:
+  """The rows of ``results/<study>/tuning.csv`` (``experiments.studies.tune``).
+
+  Raises:
+    ConfigError: the file is missing and ``required`` (``[]`` otherwise).
+  """
   path = RESULTS_DIR / study / TUNING_CSV
   if not path.is_file():
+    if not required:
+      return []
     raise ConfigError(
       f"{path} not found: run the {what}.py:{study}_tune sweep and "
       f"python -m experiments.studies.tune results/{study}/tuning --out=results/{study} first"
     )
   with path.open(newline="") as f:
-    return {row["cell"]: float(row["base_lr"]) for row in csv.DictReader(f) if row["chosen"] == "1"}
+    return list(csv.DictReader(f))
+
+
+def tuned_rates(what: str, study: str) -> dict[str, float]:
+  """``{cell: base_lr}`` chosen by ``experiments.studies.tune`` (``results/<study>/tuning.csv``).
+
+  Raises:
+    ConfigError: no tuning file, or a cell whose best rate is still at a grid edge.
+  """
+  chosen = [row for row in tuning_rows(what, study) if row["chosen"] == "1"]
+  edges = [row["cell"] for row in chosen if row.get("next_lr")]
+  if edges:
+    raise ConfigError(
+      f"best rate at a grid edge for {', '.join(edges)}: rerun the {what}.py:{study}_tune "
+      "sweep and experiments.studies.tune first"
+    )
+  return {row["cell"]: float(row["base_lr"]) for row in chosen}
+
+
+def chosen_runs(what: str, study: str) -> dict[str, str]:
+  """``{cell: run}``: the tuning run at each cell's chosen rate (its seed-0 run)."""
+  rows = tuning_rows(what, study)
+  return {row["cell"]: row["run"] for row in rows if row["chosen"] == "1"}
+
+
+def grid_extensions(what: str, study: str) -> dict[str, list[float]]:
+  """``{cell: rates}`` tried or proposed (``next_lr``) so far; empty before any tuning."""
+  extra: dict[str, list[float]] = {}
+  for row in tuning_rows(what, study, required=False):
+    rates = extra.setdefault(row["cell"], [])
+    rates.append(float(row["base_lr"]))
+    if row.get("next_lr"):
+      rates.append(float(row["next_lr"]))
+  return extra
 
 
 def table2_cells(protocol: Protocol, rates: Mapping[str, float]) -> list[sweeps.SweepEntry]:
@@ -197,19 +237,32 @@ def table2_cells(protocol: Protocol, rates: Mapping[str, float]) -> list[sweeps.
   return cells
 
 
+def table1_reuse(cell: str, seed: int) -> str | None:
+  """Table 1's run of a Table 2 cell at batch 128 (the same config), else ``None``."""
+  model, _, batch = cell.partition("_batch")
+  return f"../../table1/runs/{model}_seed{seed}" if batch == str(TABLE1_BATCH) else None
+
+
 def protocol_sweep(name: str, what: str, protocol: Protocol) -> list[sweeps.SweepEntry]:
   """``<study>_tune`` (learning-rate grid, seed 0) or ``<study>`` (seeds at the chosen rate)."""
   study, _, stage = name.partition("_")
   if study == "table2" and not stage:
     cells = table2_cells(protocol, tuned_rates(what, "table1"))
     return [
-      sweeps.SweepEntry(f"{cell.name}_seed{seed}", cell.arg, {**cell.overrides, "train.seed": seed})
+      sweeps.SweepEntry(
+        f"{cell.name}_seed{seed}",
+        cell.arg,
+        {**cell.overrides, "train.seed": seed},
+        table1_reuse(cell.name, seed),
+      )
       for cell in cells
       for seed in range(protocol.seeds)
     ]
   cells = protocol_cells(study, protocol)
   if stage == "tune":
-    return sweeps.lr_grid(cells, protocol.centre_lr)
+    return sweeps.lr_grid(cells, protocol.centre_lr, extra=grid_extensions(what, study))
   if stage:
     raise ConfigError(f"unknown protocol sweep {name!r}: use {study} or {study}_tune")
-  return sweeps.tuned_seeds(cells, tuned_rates(what, study), protocol.seeds)
+  rates = tuned_rates(what, study)
+  reuse = {f"{cell}_seed0": f"../tuning/{run}" for cell, run in chosen_runs(what, study).items()}
+  return sweeps.tuned_seeds(cells, rates, protocol.seeds, reuse)

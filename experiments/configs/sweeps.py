@@ -34,11 +34,15 @@ class SweepEntry:
     name: directory name of the run under the sweep root (unique in the sweep).
     arg: config argument, e.g. ``"model=nf,depth=101,regularized"``.
     overrides: dotted config overrides, e.g. ``{"train.seed": 3}``.
+    reuse: a finished run with the same config (a path relative to the sweep root, e.g. the
+      tuning run at the chosen rate for seed 0); the sweep copies its ``config.json`` and
+      ``metrics.jsonl`` instead of training again when the configs match.
   """
 
   name: str
   arg: str
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  reuse: str | None = None
 
   def with_arg(self, extra: str) -> SweepEntry:
     """The same entry with ``extra`` appended to its config argument (e.g. ``smoke``)."""
@@ -188,30 +192,41 @@ def cells(entries: Sequence[SweepEntry]) -> list[SweepEntry]:
 
 
 def lr_grid(
-  grid_cells: Sequence[SweepEntry], centre: float, factors: Sequence[float] = LR_GRID_FACTORS
+  grid_cells: Sequence[SweepEntry],
+  centre: float,
+  factors: Sequence[float] = LR_GRID_FACTORS,
+  extra: Mapping[str, Sequence[float]] | None = None,
 ) -> list[SweepEntry]:
   """Tuning runs: every cell at ``optimizer.base_lr = centre * factor``, seed 0.
 
   Runs are named ``<cell>_lr<value>``, the form ``experiments.studies.tune`` reads.
+  ``extra`` adds rates per cell beyond the grid: where the best rate so far is at an edge
+  of the grid, ``experiments.studies.tune`` proposes the next one out (``next_lr``).
   """
   entries = []
   for cell in grid_cells:
-    for factor in factors:
-      lr = round(centre * factor, 10)
+    rates = [round(centre * factor, 10) for factor in factors]
+    rates += [lr for lr in (extra or {}).get(cell.name, ()) if lr not in rates]
+    for lr in rates:
       overrides = {**cell.overrides, "optimizer.base_lr": lr, "train.seed": 0}
       entries.append(SweepEntry(f"{cell.name}_lr{lr:g}", cell.arg, overrides))
   return entries
 
 
 def tuned_seeds(
-  grid_cells: Sequence[SweepEntry], rates: Mapping[str, float], seeds: int
+  grid_cells: Sequence[SweepEntry],
+  rates: Mapping[str, float],
+  seeds: int,
+  reuse: Mapping[str, str] | None = None,
 ) -> list[SweepEntry]:
   """The final runs: every cell at its chosen ``optimizer.base_lr``, seeds 0 .. seeds - 1.
 
   Args:
     grid_cells: the study's cells (``cells``).
-    rates: ``{cell: base_lr}`` (``experiments.studies.tune.chosen_rates``).
+    rates: ``{cell: base_lr}`` (``experiments.configs.small_images.tuned_rates``).
     seeds: seeds per cell.
+    reuse: ``{entry name: finished run}`` (``SweepEntry.reuse``), e.g. seed 0 from the
+      tuning run at the chosen rate, which has the same config.
 
   Raises:
     ConfigError: a cell without a chosen learning rate (its tuning runs are missing).
@@ -227,6 +242,7 @@ def tuned_seeds(
       f"{cell.name}_seed{seed}",
       cell.arg,
       {**cell.overrides, "optimizer.base_lr": rates[cell.name], "train.seed": seed},
+      (reuse or {}).get(f"{cell.name}_seed{seed}"),
     )
     for cell in grid_cells
     for seed in range(seeds)

@@ -17,6 +17,11 @@ from its latest checkpoint (``experiments.train`` does that by itself). A
 failing entry is recorded as ``failed`` with its error line, the remaining
 entries still run, the summary lists the failures and the exit status is 1.
 Usage errors (unknown sweep, bad --only pattern) exit with status 2.
+
+An entry with ``reuse`` (``SweepEntry.reuse``: seed 0 of a tuned study is the tuning run
+at the chosen rate) is not trained when that run is finished and its ``config.json``
+equals the entry's config: its ``config.json`` and ``metrics.jsonl`` are copied and the
+status records where from (``reused``). Otherwise the entry trains as usual.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import json
 import os
 import pathlib
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -48,6 +54,8 @@ FAILED = 1
 STATUS_FILE = "sweep_status.json"
 LOG_FILE = "train.log"
 CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 CONFIG = flags.DEFINE_string("config", None, "Config file and sweep name: FILE.py:SWEEP.")
@@ -203,6 +211,52 @@ def run_entry(command: list[str], run_dir: pathlib.Path) -> dict:
   return status
 
 
+def same_config(ran: dict, wanted: dict) -> bool:
+  """Whether a finished run's config is ``wanted``.
+
+  A field missing from ``ran`` counts as equal when ``wanted`` sets it to ``None``: the run
+  predates that (optional, off by default) field.
+  """
+  if ran.keys() - wanted.keys():
+    return False
+  for key, value in wanted.items():
+    if key not in ran:
+      if value is not None:
+        return False
+    elif isinstance(value, dict) and isinstance(ran[key], dict):
+      if not same_config(ran[key], value):
+        return False
+    elif ran[key] != value:
+      return False
+  return True
+
+
+def reuse_run(sweep: Sweep, entry: SweepEntry, root: str, extra: Sequence[str]) -> dict | None:
+  """Copies ``entry.reuse`` into the entry's directory when it is the same finished run.
+
+  Returns the entry's new status, or ``None`` (train it) when there is nothing to reuse,
+  the source is not finished, its config differs or ``--set`` overrides are given.
+  """
+  if not entry.reuse or extra:
+    return None
+  source = pathlib.Path(root) / entry.reuse
+  if entry_state(source) != "finished":
+    return None
+  try:
+    ran = json.loads((source / CONFIG_FILE).read_text())
+  except (OSError, ValueError):
+    return None
+  if not same_config(ran, json.loads(entry_config(sweep, entry).to_json_best_effort())):
+    return None
+  run_dir = pathlib.Path(root) / entry.name
+  run_dir.mkdir(parents=True, exist_ok=True)
+  for name in (CONFIG_FILE, METRICS_FILE):
+    shutil.copyfile(source / name, run_dir / name)
+  status = {**read_status(source), "reused": entry.reuse}
+  (run_dir / STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
+  return status
+
+
 def run_sweep(sweep: Sweep, root: str, extra: Sequence[str] = ()) -> list[tuple[str, dict]]:
   """Runs the entries in order (skipping finished ones); returns ``(name, status)`` per entry."""
   results = []
@@ -219,6 +273,11 @@ def run_sweep(sweep: Sweep, root: str, extra: Sequence[str] = ()) -> list[tuple[
     if state == "finished":
       print(f"[{index}/{total}] {entry.name}: finished, skipped", flush=True)
       results.append((entry.name, read_status(run_dir)))
+      continue
+    reused = reuse_run(sweep, entry, root, extra) if state == "new" else None
+    if reused is not None:
+      print(f"[{index}/{total}] {entry.name}: reused {entry.reuse}", flush=True)
+      results.append((entry.name, reused))
       continue
     action = "resuming" if state == "interrupted" else "starting"
     print(f"[{index}/{total}] {entry.name}: {action}", flush=True)

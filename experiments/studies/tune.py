@@ -12,6 +12,11 @@ rate with the best final validation accuracy wins (the smaller one on a tie). Wr
 ``tuning.md`` to DIR; the seeds sweep of the study reads ``tuning.csv``
 (``experiments.configs.sweeps.tuned_seeds``). Test accuracy is not read: choices never
 look at the test split (docs/reproducing.md).
+
+A winner at the edge of its cell's grid is not trusted: its row gets ``next_lr``, the
+rate one factor of 2 further out, which the ``*_tune`` sweep then adds (up to
+``MAX_EXTENSIONS`` rates beyond the grid); the seeds sweep refuses to start while a cell
+has a ``next_lr``. Rerun the tuning sweep and this tool until no cell has one.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import sys
 from collections.abc import Sequence
 
 from experiments import cli
+from experiments.configs import sweeps
 from experiments.studies import report
 
 TUNING_CSV = "tuning.csv"
@@ -33,6 +39,9 @@ LR_FIELD = "optimizer.base_lr"
 CELL_PATTERN = re.compile(r"^(?P<cell>.+)_lr(?P<lr>[0-9.e+-]+)$")
 
 DEFAULT_METRIC = "val/accuracy"
+GRID_POINTS = len(sweeps.LR_GRID_FACTORS)
+MAX_EXTENSIONS = 2
+"""Rates a cell may get beyond its grid when its winner sits at an edge."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +54,23 @@ class Trial:
   value: float
   gain: float
   chosen: bool = False
+  next_lr: float | None = None
+
+
+def next_rate(cell_trials: Sequence[Trial], winner: Trial) -> float | None:
+  """The rate to try next when ``winner`` is the lowest or highest tried rate of its cell.
+
+  ``None`` when the winner is inside the grid, the cell's grid is not complete yet (fewer
+  than ``GRID_POINTS`` runs) or it already has ``MAX_EXTENSIONS`` rates beyond the grid.
+  """
+  rates = sorted(t.learning_rate for t in cell_trials)
+  if not GRID_POINTS <= len(rates) < GRID_POINTS + MAX_EXTENSIONS:
+    return None
+  if winner.learning_rate == rates[-1]:
+    return round(winner.learning_rate * 2, 10)
+  if winner.learning_rate == rates[0]:
+    return round(winner.learning_rate / 2, 10)
+  return None
 
 
 def trials(root: str | pathlib.Path, metric: str) -> list[Trial]:
@@ -68,10 +94,15 @@ def trials(root: str | pathlib.Path, metric: str) -> list[Trial]:
     held = best.get(trial.cell)
     if held is None or score > (held.value if math.isfinite(held.value) else -math.inf):
       best[trial.cell] = trial
-  return [
-    dataclasses.replace(t, chosen=best[t.cell] is t)
-    for t in sorted(found, key=lambda t: (t.cell, t.learning_rate))
-  ]
+  ordered = sorted(found, key=lambda t: (t.cell, t.learning_rate))
+  out = []
+  for t in ordered:
+    if best[t.cell] is t:
+      t = dataclasses.replace(
+        t, chosen=True, next_lr=next_rate([u for u in found if u.cell == t.cell], t)
+      )
+    out.append(t)
+  return out
 
 
 def write_tuning(found: Sequence[Trial], out: str | pathlib.Path, metric: str) -> None:
@@ -80,9 +111,10 @@ def write_tuning(found: Sequence[Trial], out: str | pathlib.Path, metric: str) -
   out.mkdir(parents=True, exist_ok=True)
   with (out / TUNING_CSV).open("w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["cell", "base_lr", metric, "last_fifth_gain", "chosen", "run"])
+    writer.writerow(["cell", "base_lr", metric, "last_fifth_gain", "chosen", "run", "next_lr"])
     for t in found:
-      writer.writerow([t.cell, t.learning_rate, t.value, t.gain, int(t.chosen), t.run])
+      next_lr = "" if t.next_lr is None else t.next_lr
+      writer.writerow([t.cell, t.learning_rate, t.value, t.gain, int(t.chosen), t.run, next_lr])
   lines = [
     f"# Tuning: {metric} of each learning rate (seed 0); the chosen one in bold",
     "",
@@ -91,6 +123,8 @@ def write_tuning(found: Sequence[Trial], out: str | pathlib.Path, metric: str) -
   ]
   for t in found:
     lr = f"**{t.learning_rate:g}**" if t.chosen else f"{t.learning_rate:g}"
+    if t.next_lr is not None:
+      lr += f" (grid edge: {t.next_lr:g} next)"
     value = report.format_value(t.value, metric)
     lines.append(f"| {t.cell} | {lr} | {value} | {report.format_gain(t.gain)} |")
   (out / TUNING_MD).write_text("\n".join(lines) + "\n")
@@ -110,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   write_tuning(found, out, args.metric)
   cells = len({t.cell for t in found})
   print(f"tune: {len(found)} runs, {cells} cells -> {pathlib.Path(out) / TUNING_CSV}")
+  edges = [f"{t.cell} ({t.next_lr:g})" for t in found if t.next_lr is not None]
+  if edges:
+    print(f"tune: best rate at a grid edge, rerun the tuning sweep for: {', '.join(edges)}")
   return 0
 
 
