@@ -6,6 +6,7 @@ uses the digits config's ``:smoke`` form (synthetic data, 2 steps) on one CPU
 device, so each trained entry costs one small compilation.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -197,3 +198,40 @@ def test_same_config_accepts_only_fields_added_later_as_none():
   assert not sweep.same_config(ran, {"data": {"augment": "none", "randaugment": 2}, "seed": 0})
   assert not sweep.same_config(ran, {"data": {"augment": "none"}, "seed": 1})
   assert not sweep.same_config({**ran, "old": 1}, ran)
+
+
+def test_a_folder_with_another_runs_config_is_neither_skipped_nor_resumed(sweep_root, tmp_path):
+  config, root, done = sweep_root
+  assert done.returncode == 0, done.stderr
+  loaded = sweep.load_sweep(f"{config}:pair")
+  first = loaded.entries[0]
+  wanted = json.loads(sweep.sweep_config(loaded, first).to_json_best_effort())
+  assert sweep.other_run(root / "pair_a", wanted) is None
+  assert "holds a run with another config" in sweep.other_run(root / "pair_b", wanted)
+  stale = tmp_path / "pair_a"
+  stale.mkdir()
+  (stale / "config.json").write_text((root / "pair_b" / "config.json").read_text())
+  (stale / "sweep_status.json").write_text('{"status": "done"}')
+  [(name, status)] = sweep.run_sweep(dataclasses.replace(loaded, entries=[first]), str(tmp_path))
+  assert status["status"] == "failed" and "another config" in status["error"]
+  assert sorted(p.name for p in stale.iterdir()) == ["config.json", "sweep_status.json"]
+
+
+def test_set_overrides_are_checked_for_every_entry_before_anything_runs(sweep_root):
+  config, root, _ = sweep_root
+  loaded = sweep.load_sweep(f"{config}:broken")  # Its own bad entries fail later, one by one.
+  sweep.check_overrides(loaded, ["train.batch_size=32", "train.ema_warmup=false"])
+  with pytest.raises(ConfigError, match="no such config field 'train.no_such'"):
+    sweep.check_overrides(loaded, ["train.no_such=1"])
+  with pytest.raises(ConfigError, match=r"value 'abc' is not of type int \(the field holds 8\)"):
+    sweep.check_overrides(loaded, ["train.batch_size=abc"])
+  done = run_cli(
+    "experiments.studies.sweep",
+    f"--config={config}:pair",
+    f"--workdir={root / 'never'}",
+    "--set=train.no_such=1",
+  )
+  assert done.returncode == 2 and not (root / "never").exists()
+  assert done.stderr.strip().splitlines() == [
+    "error: --set 'train.no_such=1': no such config field 'train.no_such'"
+  ]

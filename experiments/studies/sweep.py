@@ -26,6 +26,7 @@ status records where from (``reused``). Otherwise the entry trains as usual.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import fnmatch
 import importlib.util
@@ -138,6 +139,58 @@ def entry_config(sweep: Sweep, entry: SweepEntry) -> ml_collections.ConfigDict:
   return config
 
 
+def typed_value(current: Any, text: str) -> Any:
+  """``--set`` text as the type of the field's current value (as the config flags parse it)."""
+  try:
+    if isinstance(current, bool):
+      return cli.parse_bool(text)
+    if isinstance(current, (int, float, str)):
+      return type(current)(text)
+  except (ValueError, argparse.ArgumentTypeError):
+    raise ConfigError(
+      f"value {text!r} is not of type {type(current).__name__} (the field holds {current!r})"
+    ) from None
+  return cli.parse_scalar(text)
+
+
+def sweep_config(
+  sweep: Sweep, entry: SweepEntry, extra: Sequence[str] = ()
+) -> ml_collections.ConfigDict:
+  """The config one entry runs with: ``entry_config`` plus the sweep's ``--set`` overrides.
+
+  Raises:
+    ConfigError: a bad entry, or an override of a missing field or of the wrong type.
+  """
+  config = entry_config(sweep, entry)
+  for item in extra:
+    key, _, text = item.partition("=")
+    node = config
+    try:
+      for part in key.split("."):
+        node = node[part]
+    except (KeyError, AttributeError, TypeError):
+      raise ConfigError(f"--set {item!r}: no such config field {key!r}") from None
+    try:
+      set_dotted(config, key, typed_value(node, text))
+    except ConfigError as error:
+      raise ConfigError(f"--set {item!r}: {error}") from None
+  return config
+
+
+def check_overrides(sweep: Sweep, extra: Sequence[str]) -> None:
+  """Applies ``--set`` to every entry before anything runs (ConfigError on the first bad one).
+
+  Entries whose own config is bad are left to fail on their own in ``run_sweep``.
+  """
+  for entry in sweep.entries:
+    try:
+      config = entry_config(sweep, entry)
+    except ConfigError:
+      continue
+    del config
+    sweep_config(sweep, entry, extra)
+
+
 def format_value(value: object) -> str:
   """An override value as ``--config.KEY=VALUE`` text (booleans as true/false)."""
   if isinstance(value, bool):
@@ -235,9 +288,9 @@ def reuse_run(sweep: Sweep, entry: SweepEntry, root: str, extra: Sequence[str]) 
   """Copies ``entry.reuse`` into the entry's directory when it is the same finished run.
 
   Returns the entry's new status, or ``None`` (train it) when there is nothing to reuse,
-  the source is not finished, its config differs or ``--set`` overrides are given.
+  the source is not finished or its config differs (``--set`` overrides included).
   """
-  if not entry.reuse or extra:
+  if not entry.reuse:
     return None
   source = pathlib.Path(root) / entry.reuse
   if entry_state(source) != "finished":
@@ -246,7 +299,7 @@ def reuse_run(sweep: Sweep, entry: SweepEntry, root: str, extra: Sequence[str]) 
     ran = json.loads((source / CONFIG_FILE).read_text())
   except (OSError, ValueError):
     return None
-  if not same_config(ran, json.loads(entry_config(sweep, entry).to_json_best_effort())):
+  if not same_config(ran, json.loads(sweep_config(sweep, entry, extra).to_json_best_effort())):
     return None
   run_dir = pathlib.Path(root) / entry.name
   run_dir.mkdir(parents=True, exist_ok=True)
@@ -257,6 +310,21 @@ def reuse_run(sweep: Sweep, entry: SweepEntry, root: str, extra: Sequence[str]) 
   return status
 
 
+def other_run(run_dir: pathlib.Path, wanted: dict) -> str | None:
+  """Why ``run_dir`` holds another run than ``wanted`` (its ``config.json`` differs), else None.
+
+  A run folder left by another sweep (a shorter study, other overrides) is never counted as
+  this entry's finished run nor resumed into; a folder without a readable config passes.
+  """
+  try:
+    ran = json.loads((run_dir / CONFIG_FILE).read_text())
+  except (OSError, ValueError):
+    return None
+  if same_config(ran, wanted):
+    return None
+  return f"{run_dir} holds a run with another config; move it away or use another --workdir"
+
+
 def run_sweep(sweep: Sweep, root: str, extra: Sequence[str] = ()) -> list[tuple[str, dict]]:
   """Runs the entries in order (skipping finished ones); returns ``(name, status)`` per entry."""
   results = []
@@ -264,12 +332,17 @@ def run_sweep(sweep: Sweep, root: str, extra: Sequence[str] = ()) -> list[tuple[
   for index, entry in enumerate(sweep.entries, 1):
     run_dir = pathlib.Path(root) / entry.name
     try:
-      entry_config(sweep, entry)
+      wanted = json.loads(sweep_config(sweep, entry, extra).to_json_best_effort())
     except ConfigError as error:
       print(f"[{index}/{total}] {entry.name}: FAILED (bad entry): {error}", flush=True)
       results.append((entry.name, {"status": "failed", "error": f"error: {error}"}))
       continue
     state = entry_state(run_dir)
+    other = other_run(run_dir, wanted) if state != "new" else None
+    if other:
+      print(f"[{index}/{total}] {entry.name}: FAILED: {other}", flush=True)
+      results.append((entry.name, {"status": "failed", "error": f"error: {other}"}))
+      continue
     if state == "finished":
       print(f"[{index}/{total}] {entry.name}: finished, skipped", flush=True)
       results.append((entry.name, read_status(run_dir)))
@@ -308,6 +381,7 @@ def main(argv: list[str]) -> int:
     return fail(f"--set={bad[0]!r} must be KEY=VALUE, e.g. train.num_epochs=1")
   try:
     sweep = load_sweep(CONFIG.value, ONLY.value)
+    check_overrides(sweep, SET.value)
   except ConfigError as error:
     return fail(str(error))
   if DRY_RUN.value:
