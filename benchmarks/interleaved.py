@@ -83,14 +83,16 @@ def interleave(cases: Sequence[Case], rounds: int, warmup: int = 1) -> list[dict
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = cli.UsageParser(description=__doc__.splitlines()[0])
+  parser = cli.UsageParser(
+    prog="python -m benchmarks.interleaved", description=__doc__.splitlines()[0]
+  )
   parser.add_argument("--case", action="append", required=True, help="key=value,... (repeat)")
-  parser.add_argument("--rounds", type=int, default=10)
-  parser.add_argument("--warmup", type=int, default=1)
+  parser.add_argument("--rounds", type=cli.positive_int, default=10)
+  parser.add_argument("--warmup", type=cli.non_negative_int, default=1)
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)
-  if len(args.case) < 2 or args.rounds < 1 or args.warmup < 0:
-    parser.error(f"need two or more --case, --rounds >= 1, --warmup >= 0; got {args.case}")
+  if len(args.case) < 2:
+    parser.error(f"need two or more --case, got {len(args.case)}: {args.case}")
   try:
     cases = [parse_case(spec) for spec in args.case]
   except ValueError as error:

@@ -128,23 +128,31 @@ def markdown(payload: dict[str, Any]) -> str:
   first = next((r for r in results.values() if "machine" in r), {"machine": {}})["machine"]
   devices = f"{first.get('device_count', '?')} x {first.get('device_kind', '?')}"
   minutes = payload["suite_wall_s"] / 60
+  legacy = "python -m benchmarks.suite" + (" --full" if payload.get("full") else "")
+  command = payload.get("command") or legacy  # Files from before the command was recorded.
   header = [
-    f"# Benchmarks on `{payload['machine']}`",
+    f"# Benchmarks on `{payload['machine']}`"
+    + (" (partial run)" if payload.get("only") is not None else ""),
     "",
     f"CPU: {first.get('cpu', '?')}, {first.get('cpu_count', '?')} cores; devices: {devices}; "
     f"jax {first.get('jax', '?')}; "
     f"XLA_FLAGS=`{first.get('xla_flags', '')}`.",
     f"Measured float32 matmul peak: {payload['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s. "
-    f"Suite wall time: {minutes:.1f} min. Command: `python -m benchmarks.suite"
-    f"{' --full' if payload.get('full') else ''}`.",
+    f"Suite wall time: {minutes:.1f} min. Command: `{command}`.",
     "",
     "Step time: median of timed steps after warm-up (each step waits for its result). "
     "FLOPs: `nfresnet.count_macs` MACs x 2 (x 3 for a training step). Load avg: 1-minute "
     "load average when the case finished (2 cores: above 2 means shared).",
     "",
-    "## Goals",
-    "",
   ]
+  if payload.get("only") is not None:
+    header += [
+      f"Partial run: only the {len(results)} case{'s' if len(results) != 1 else ''} matching"
+      " `--only` "
+      f"({', '.join(results)}); goals needing other cases read n/a.",
+      "",
+    ]
+  header += ["## Goals", ""]
   body = goals_table(results) + ["", "## Throughput", ""] + throughput_table(results)
   body += ["", "## Compile time of the training step (NF-ResNet, 224 px, batch 16)", ""]
   body += compile_table(results)

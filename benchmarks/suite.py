@@ -2,7 +2,7 @@
 
 Usage::
 
-  python -m benchmarks.suite [--machine=NAME] [--only=REGEX] [--full] [--out_dir=...]
+  python -m benchmarks.suite [--machine=NAME] [--only=REGEX] [--full] [--out_dir=...] [--force]
 
 Runs every case of ``CASES`` in its own process (``python -m
 benchmarks.throughput --json``, so peak memory is per case and XLA flags come
@@ -10,14 +10,26 @@ from the environment), then writes ``<out_dir>/<machine>.json`` (every
 measurement) and ``<out_dir>/<machine>.md`` (the tables and the goal summary).
 ``--full`` adds ``FULL_ONLY``: compiling the unrolled depth-600 step, which alone
 takes 3-4 minutes on 2 CPU cores (the suite without it: about 13 minutes).
+
+A partial run (``--only``) writes ``<machine>-only-<slug>.json`` and ``.md``
+(``<slug>``: the regex with every run of other characters than letters and
+digits replaced by ``-``), never the full table. Both files record the command
+line. An existing results file written for another selection of cases (other
+``--only`` or ``--full``), or not by this suite, is only overwritten with
+``--force``; the check happens before anything runs. While a run is under way,
+the files after each case are ``<name>.incomplete.json`` and ``.md``; they
+replace ``<name>.json`` and ``.md`` when the last case is done, so an
+interrupted run leaves the previous results as they were.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pathlib
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -101,48 +113,132 @@ def measure_peak() -> float:
   return json.loads(out.strip().splitlines()[-1])["flops_per_s"]
 
 
-def write(
-  out_dir: pathlib.Path,
-  machine: str,
-  peak_flops: float,
-  wall_s: float,
-  results: dict,
-  full: bool = False,
-) -> None:
-  """Writes ``<machine>.json`` and ``<machine>.md`` (after every case, so partial runs count)."""
-  payload = {
-    "machine": machine,
-    "matmul_peak_flops_per_s": peak_flops,
-    "suite_wall_s": wall_s,
-    "full": full,
-    "results": results,
-  }
-  (out_dir / f"{machine}.json").write_text(json.dumps(payload, indent=1) + "\n")
-  (out_dir / f"{machine}.md").write_text(report.markdown(payload))
+def write(stem: pathlib.Path, header: dict[str, Any], wall_s: float, results: dict) -> None:
+  """Writes ``<stem>.json`` and ``<stem>.md``."""
+  payload = {**header, "suite_wall_s": wall_s, "results": results}
+  stem.with_name(stem.name + ".json").write_text(json.dumps(payload, indent=1) + "\n")
+  stem.with_name(stem.name + ".md").write_text(report.markdown(payload))
+
+
+def finish(progress: pathlib.Path, stem: pathlib.Path) -> None:
+  """Moves the finished run's ``<progress>.json``/``.md`` onto ``<stem>.json``/``.md``."""
+  for suffix in (".json", ".md"):
+    os.replace(progress.with_name(progress.name + suffix), stem.with_name(stem.name + suffix))
+
+
+def regex(text: str) -> str:
+  """``--only``: a Python regular expression, as an argparse ``type``."""
+  try:
+    re.compile(text)
+  except re.error as error:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression ({error})") from None
+  return text
+
+
+def file_label(text: str) -> str:
+  """``--machine``: a file-name label, as an argparse ``type``."""
+  if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
+    raise argparse.ArgumentTypeError(
+      f"{text!r} is not a file-name label (allowed: letters, digits, '.', '_' and '-',"
+      " starting with a letter or digit)"
+    )
+  return text
+
+
+def select(only: str | None, full: bool) -> list[tuple[str, Case, dict[str, int]]]:
+  """The cases a run with ``--only`` and ``--full`` measures, in ``CASES`` order."""
+  return [
+    (name, case, timing)
+    for name, case, timing in CASES
+    if (only is None or re.search(only, name)) and (full or name not in FULL_ONLY)
+  ]
+
+
+def results_stem(machine: str, only: str | None) -> str:
+  """The results file name without suffix: ``<machine>``, or ``<machine>-only-<slug>``."""
+  if only is None:
+    return machine
+  slug = re.sub(r"[^A-Za-z0-9]+", "-", only).strip("-")[:60].strip("-")
+  return f"{machine}-only-{slug}" if slug else f"{machine}-partial"
+
+
+def command_line(argv: list[str]) -> str:
+  return shlex.join(["python", "-m", "benchmarks.suite", *argv])
+
+
+def recorded_command(payload: dict[str, Any]) -> str:
+  """The command that wrote ``payload`` (files from before it was recorded: from ``full``)."""
+  return payload.get("command") or command_line(["--full"] if payload.get("full") else [])
+
+
+def overwrite_error(stem: pathlib.Path, only: str | None, full: bool) -> str | None:
+  """Why ``<stem>.json``/``.md`` must not be overwritten by this run without ``--force``."""
+  json_path, md_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")
+  if not json_path.exists():
+    if md_path.exists():
+      return f"{md_path} exists without {json_path.name} (not written by this suite)"
+    return None
+  try:
+    payload = json.loads(json_path.read_text())
+    if not isinstance(payload, dict) or not isinstance(payload.get("results"), dict):
+      raise ValueError("no results")
+  except (OSError, ValueError):
+    return f"{json_path} exists and is not a benchmarks.suite results file"
+  if (payload.get("only"), bool(payload.get("full"))) != (only, full):
+    return f"{json_path} holds the cases of `{recorded_command(payload)}`, not of this run"
+  return None
 
 
 def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
   parser = cli.UsageParser(prog="python -m benchmarks.suite", description=__doc__)
-  parser.add_argument("--machine", default=None, help="results file name (default: derived)")
-  parser.add_argument("--only", default=None, help="regex over case names")
+  parser.add_argument(
+    "--machine", type=file_label, default=None, help="results file name (default: derived)"
+  )
+  parser.add_argument(
+    "--only", type=regex, default=None, help="regex over case names (writes <machine>-only-...)"
+  )
   parser.add_argument("--full", action="store_true", help=f"also run {', '.join(FULL_ONLY)}")
   parser.add_argument("--out_dir", default=str(OUT_DIR))
+  parser.add_argument(
+    "--force", action="store_true", help="overwrite results written for other cases"
+  )
   args = parser.parse_args(argv)
+  cases = select(args.only, args.full)
+  if not cases:
+    needs_full = [n for n in FULL_ONLY if args.only and re.search(args.only, n)]
+    hint = f" ({', '.join(needs_full)} runs with --full only)" if needs_full else ""
+    names = ", ".join(name for name, _, _ in CASES)
+    return cli.fail(f"--only={args.only!r} matches no case{hint}; cases: {names}")
+  out_dir = pathlib.Path(args.out_dir)
+  if out_dir.exists() and not out_dir.is_dir():
+    return cli.fail(f"--out_dir={args.out_dir} exists and is not a folder")
   machine = args.machine or default_machine()
+  stem = out_dir / results_stem(machine, args.only)
+  why = None if args.force else overwrite_error(stem, args.only, args.full)
+  if why:
+    return cli.fail(f"{why}; pass --force to overwrite it")
+  try:
+    out_dir.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    return cli.fail(f"--out_dir={args.out_dir}: {error}")
   start = time.perf_counter()
   peak_flops = measure_peak()
+  header = {
+    "machine": machine,
+    "matmul_peak_flops_per_s": peak_flops,
+    "command": command_line(argv),
+    "only": args.only,
+    "full": args.full,
+  }
   results: dict[str, Any] = {}
-  out_dir = pathlib.Path(args.out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  for name, case, timing in CASES:
-    if args.only and not re.search(args.only, name):
-      continue
-    if name in FULL_ONLY and not args.full:
-      continue
+  progress = stem.with_name(stem.name + ".incomplete")  # After every case: interrupted runs count.
+  for name, case, timing in cases:
     results[name] = run_case(case, timing, peak_flops)
     print(f"{name}: {report.summary_line(results[name])}", flush=True)
-    write(out_dir, machine, peak_flops, time.perf_counter() - start, results, args.full)
-  print(f"wrote {out_dir / machine}.md and .json in {time.perf_counter() - start:.0f} s")
+    write(progress, header, time.perf_counter() - start, results)
+  finish(progress, stem)
+  print(f"wrote {stem}.md and .json in {time.perf_counter() - start:.0f} s")
   return 0
 
 

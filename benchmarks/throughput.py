@@ -34,7 +34,9 @@ from typing import Any
 
 import jax
 
+import nfresnet
 from benchmarks import peak, workload
+from benchmarks.conv_impl import CONV_IMPLS
 from benchmarks.workload import Case
 from experiments import cli
 
@@ -161,38 +163,64 @@ def format_result(r: dict[str, Any]) -> str:
   return line + f", peak memory {r['peak_memory_mib']:.0f} MiB"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  p = cli.UsageParser(prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0])
+class _Parser(cli.UsageParser):
+  """``cli.UsageParser`` whose error lines start with ``context`` (where the flags came from)."""
+
+  def __init__(self, *args, context: str = "", **kwargs):
+    super().__init__(*args, **kwargs)
+    self.context = context
+
+  def error(self, message: str) -> None:
+    super().error(f"{self.context}{message}")
+
+
+def parser(context: str = "") -> argparse.ArgumentParser:
+  """The flags of one case; numbers and choices are checked while parsing."""
+  p = _Parser(
+    prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0], context=context
+  )
   defaults = Case()
-  p.add_argument("--model", default=defaults.model)
-  p.add_argument("--depth", type=int, default=defaults.depth)
-  p.add_argument("--resolution", type=int, default=defaults.resolution)
-  p.add_argument("--batch_size", type=int, default=defaults.batch_size)
-  p.add_argument("--mode", default=defaults.mode)
-  p.add_argument("--compute_dtype", default=defaults.compute_dtype)
-  p.add_argument("--stem", default=defaults.stem)
-  p.add_argument("--num_classes", type=int, default=defaults.num_classes)
+  depths = tuple(nfresnet.layout.RESNET_DEPTHS)
+  p.add_argument("--model", choices=workload.model_choices(), default=defaults.model)
+  p.add_argument("--depth", type=int, choices=depths, default=defaults.depth)
+  p.add_argument("--resolution", type=cli.positive_int, default=defaults.resolution)
+  p.add_argument("--batch_size", type=cli.positive_int, default=defaults.batch_size)
+  p.add_argument("--mode", choices=workload.MODES, default=defaults.mode)
+  p.add_argument("--compute_dtype", choices=workload.COMPUTE_DTYPES, default=defaults.compute_dtype)
+  p.add_argument("--stem", choices=nfresnet.layout.STEMS, default=defaults.stem)
+  p.add_argument("--num_classes", type=cli.positive_int, default=defaults.num_classes)
   p.add_argument("--stack_blocks", type=cli.parse_bool, default=False)
   p.add_argument("--weight_standardization", type=cli.parse_bool, default=True)
   p.add_argument("--frozen", type=cli.parse_bool, default=False)
-  p.add_argument("--conv_impl", default=defaults.conv_impl)
-  p.add_argument("--steps", type=int, default=5, help="timed steps; 0 compiles only")
-  p.add_argument("--warmup", type=int, default=2)
-  p.add_argument("--peak_flops", type=float, default=None, help="skip measuring the peak")
+  p.add_argument("--conv_impl", choices=CONV_IMPLS, default=defaults.conv_impl)
+  p.add_argument(
+    "--steps", type=cli.non_negative_int, default=5, help="timed steps; 0 compiles only"
+  )
+  p.add_argument("--warmup", type=cli.non_negative_int, default=2)
+  p.add_argument(
+    "--peak_flops", type=cli.positive_float, default=None, help="skip measuring the peak"
+  )
   p.add_argument("--json", action="store_true", help="print one JSON object")
-  return p.parse_args(argv)
+  return p
+
+
+def parse_args(argv: list[str] | None = None, context: str = "") -> argparse.Namespace:
+  return parser(context).parse_args(argv)
+
+
+def case_of(args: argparse.Namespace) -> Case:
+  """The ``Case`` of parsed flags."""
+  fields = {f.name for f in dataclasses.fields(Case)}
+  return Case(**{k: v for k, v in vars(args).items() if k in fields})
 
 
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
-  fields = {f.name for f in dataclasses.fields(Case)}
-  case = Case(**{k: v for k, v in vars(args).items() if k in fields})
+  case = case_of(args)
   try:
-    workload.check_case(case)
+    workload.check_case(case)  # Combinations only (frozen train, batch vs devices, ...).
   except ValueError as error:
     return cli.fail(str(error))
-  if args.steps < 0 or args.warmup < 0:
-    return cli.fail(f"--steps {args.steps} and --warmup {args.warmup} must be >= 0")
   result = measure(case, steps=args.steps, warmup=args.warmup, peak_flops=args.peak_flops)
   print(json.dumps(result) if args.json else format_result(result), flush=True)
   return 0

@@ -39,7 +39,8 @@ class Case:
   """One benchmark configuration.
 
   Attributes:
-    model: ``experiments.models.MODELS`` name or alias (``experiments.models.ALIASES``).
+    model: ``experiments.models.MODELS`` name or alias (``experiments.models.ALIASES``) of
+      the ResNet family (``model_choices``).
     depth: ResNet depth.
     resolution: square input size.
     batch_size: global batch.
@@ -92,14 +93,24 @@ class Case:
     return " ".join(parts)
 
 
+def model_choices() -> tuple[str, ...]:
+  """Models a ``Case`` can name (the ResNet family: constructors taking ``depth`` and ``stem``)."""
+  names = [n for n in models.MODELS if {"depth", "stem"} <= set(models.config_fields(n))]
+  return (*names, *(alias for alias, name in models.ALIASES.items() if name in names))
+
+
 def check_case(case: Case) -> None:
   """Raises ``ValueError`` naming the bad field and what is allowed."""
-  nfresnet.layout.check_choice("model", case.model_name, tuple(models.MODELS))
+  nfresnet.layout.check_choice("model", case.model, model_choices())
   nfresnet.layout.check_choice("mode", case.mode, MODES)
   nfresnet.layout.check_choice("compute_dtype", case.compute_dtype, COMPUTE_DTYPES)
   nfresnet.layout.check_choice("depth", case.depth, tuple(nfresnet.layout.RESNET_DEPTHS))
   nfresnet.layout.check_choice("stem", case.stem, nfresnet.layout.STEMS)
   nfresnet.layout.check_choice("conv_impl", case.conv_impl, CONV_IMPLS)
+  for name in ("resolution", "num_classes"):
+    value = getattr(case, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name} {value!r} is not a positive integer (allowed: 1, 2, ...)")
   if case.frozen and case.mode != "eval":
     raise ValueError("frozen applies to --mode=eval only")
   if case.frozen and case.model_name not in ("nf_resnet", "resnet_v2"):

@@ -2,19 +2,23 @@
 
 Usage::
 
-  python -m benchmarks.xla_flags [--check_only] [--repeats=1] [-- THROUGHPUT FLAGS...]
+  python -m benchmarks.xla_flags [--check_only] [--only=NAME,...] [--repeats=1] \
+    [-- THROUGHPUT FLAGS...]
 
 An unknown flag in ``XLA_FLAGS`` aborts the process, and ``XLA_FLAGS`` is read
 once when JAX starts, so every candidate is first checked in a throw-away
 process (``flag_accepted``) and then measured in a fresh process running
 ``benchmarks.throughput`` with it. Candidates are interleaved with baseline
-runs (baseline, A, baseline, B, ...) so that load drift on a shared machine
-shows up in the baselines. Results go to stdout; ``benchmarks/NOTES.md``
+runs (baseline, A, baseline, B, ...; ``--repeats`` pairs per candidate) so that
+load drift on a shared machine shows up in the baselines. The throughput flags
+after ``--`` are checked (``benchmarks.throughput``'s parser) before anything
+runs. Results go to stdout; ``benchmarks/NOTES.md``
 records the conclusions.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -74,17 +78,32 @@ def run_throughput(flags: str, case_args: list[str]) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def candidate_names(text: str) -> list[str]:
+  """``--only``: comma-separated names of ``CANDIDATES``, as an argparse ``type``."""
+  names = text.split(",")
+  for name in names:
+    if name not in CANDIDATES:
+      raise argparse.ArgumentTypeError(
+        f"unknown candidate {name!r}; allowed: {', '.join(CANDIDATES)}"
+      )
+  return names
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = cli.UsageParser(prog="python -m benchmarks.xla_flags", description=__doc__)
   parser.add_argument("--check_only", action="store_true")
-  parser.add_argument("--only", default=None, help="comma-separated candidate names")
+  parser.add_argument("--only", type=candidate_names, default=None, help="candidate names, a,b")
+  parser.add_argument(
+    "--repeats", type=cli.positive_int, default=1, help="baseline/candidate pairs per candidate"
+  )
   parser.add_argument("case", nargs="*", help="benchmarks.throughput flags (after --)")
   args = parser.parse_args(argv)
-  names = args.only.split(",") if args.only else list(CANDIDATES)
-  unknown = [n for n in names if n not in CANDIDATES]
-  if unknown:
-    return cli.fail(f"unknown candidates {unknown}; allowed: {', '.join(CANDIDATES)}")
+  names = args.only or list(CANDIDATES)
   case = args.case or DEFAULT_CASE
+  if args.case:
+    from benchmarks import throughput  # noqa: PLC0415 (imports jax: only to check given flags)
+
+    throughput.parse_args(args.case, context="throughput flags after --: ")
   for name in names:
     flags = CANDIDATES[name]
     ok, why = flag_accepted(flags)
@@ -94,17 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_only:
       print(f"{name}: accepted ({flags})", flush=True)
       continue
-    runs = [("baseline", run_throughput("", case)), (name, run_throughput(flags, case))]
-    for label, r in runs:
-      if "error" in r:
-        print(f"{label}: ERROR {r['error']}", flush=True)
-        continue
-      print(
-        f"{label} [{flags if label != 'baseline' else ''}]: step {r['median_step_s'] * 1e3:.0f} ms,"
-        f" {r['images_per_s']:.1f} img/s, compile {r['compile_s']:.1f} s,"
-        f" load {r['machine']['load_average']:.1f}",
-        flush=True,
-      )
+    for _ in range(args.repeats):
+      runs = [("baseline", run_throughput("", case)), (name, run_throughput(flags, case))]
+      for label, r in runs:
+        if "error" in r:
+          print(f"{label}: ERROR {r['error']}", flush=True)
+          continue
+        print(
+          f"{label} [{flags if label != 'baseline' else ''}]: "
+          f"step {r['median_step_s'] * 1e3:.0f} ms,"
+          f" {r['images_per_s']:.1f} img/s, compile {r['compile_s']:.1f} s,"
+          f" load {r['machine']['load_average']:.1f}",
+          flush=True,
+        )
   return 0
 
 

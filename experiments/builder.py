@@ -27,7 +27,7 @@ import ml_collections
 import optax
 
 import nfresnet
-from experiments import models, optim, steps
+from experiments import models, optim, schema, steps
 from experiments.configs import ConfigError
 from experiments.train_state import TrainState, create_train_state, init_train_state
 
@@ -40,29 +40,28 @@ ModelWrapper = Callable[[models.ModelFn], models.ModelFn]
 def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
   """Cheap checks that fail before any data is read or anything is compiled.
 
-  Raises:
-    ConfigError: unknown model, dataset, optimizer or compute dtype, a training batch
-      size that is not a positive multiple of ``device_count``, or a non-positive
-      evaluation batch size.
-  """
-  from experiments import data  # Deferred: the builder stays importable without data deps.
+  Every field against its declared type and range (``experiments.schema.validate``), then
+  the constraints between fields and the machine.
 
-  models.resolve_name(config.model_name)
-  checks = (
-    ("data.name", config.data.name, data.SOURCES),
-    ("optimizer.name", config.optimizer.name, optim.OPTIMIZERS),
-    ("train.compute_dtype", config.train.compute_dtype, tuple(COMPUTE_DTYPES)),
-  )
-  for field, value, allowed in checks:
-    if value not in allowed:
-      raise ConfigError(f"unknown {field} {value!r}; allowed: {', '.join(allowed)}")
+  Raises:
+    ConfigError: a field whose value is not allowed (named with the value and what is
+      allowed), or a training batch size that is not a multiple of ``device_count``.
+  """
+  schema.validate(config)
   size = config.train.batch_size
-  if size <= 0 or size % device_count:
+  if size % device_count:
     raise ConfigError(
-      f"train.batch_size={size} must be a positive multiple of the device count {device_count}"
+      f"train.batch_size={size} is not allowed: a multiple of the device count {device_count}"
     )
-  if config.train.eval_batch_size <= 0:
-    raise ConfigError(f"train.eval_batch_size={config.train.eval_batch_size} must be positive")
+
+
+def check_data_size(config: ml_collections.ConfigDict, num_train_examples: int) -> None:
+  """The training batch fits the training split (else an epoch would have no step)."""
+  if config.train.batch_size > num_train_examples:
+    raise ConfigError(
+      f"train.batch_size={config.train.batch_size} is not allowed: at most the "
+      f"{num_train_examples} training examples of {config.data.name}"
+    )
 
 
 def padded_eval_batch_size(config: ml_collections.ConfigDict, device_count: int) -> int:

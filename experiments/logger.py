@@ -20,6 +20,8 @@ import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+DONE_FILE = "done.json"
+"""The completion marker: written only after the final checkpoint is saved."""
 
 
 def parameter_table(params: hk.Params) -> str:
@@ -79,6 +81,17 @@ class MetricsLogger:
   def write_config(self, config: ml_collections.ConfigDict) -> None:
     if self.active:
       atomic_write(self.workdir / CONFIG_FILE, config.to_json_best_effort(indent=2) + "\n")
+
+  def clear_done(self) -> None:
+    """Removes the completion marker of an earlier, shorter run (the run goes on)."""
+    if self.active:
+      (self.workdir / DONE_FILE).unlink(missing_ok=True)
+
+  def write_done(self, step: int, final: Mapping[str, Any]) -> None:
+    """Writes ``done.json`` (the step and the final metrics): the run is complete."""
+    if self.active:
+      record = {"step": int(step), **{k: to_python(v) for k, v in final.items()}}
+      atomic_write(self.workdir / DONE_FILE, json.dumps(record, indent=2) + "\n")
 
   def print_params(self, params: hk.Params) -> None:
     if self.active:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from experiments import cli
 
@@ -40,16 +41,37 @@ def tiny_config(num_steps: int):
   return config
 
 
-def main() -> None:
-  parser = cli.UsageParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--num_processes", type=int, default=1)
-  parser.add_argument("--process_id", type=int, default=0)
-  parser.add_argument("--port", type=int, default=0)
-  parser.add_argument("--local_devices", type=int, default=1)
-  parser.add_argument("--num_steps", type=int, default=4)
+def parse_args(argv: list[str] | None = None):
+  """The flags; ranges are checked while parsing, combinations after (``cli.fail``, exit 2)."""
+  parser = cli.UsageParser(
+    prog="python -m experiments.multihost_check", description=__doc__.splitlines()[0]
+  )
+  parser.add_argument("--num_processes", type=cli.positive_int, default=1)
+  parser.add_argument("--process_id", type=cli.non_negative_int, default=0)
+  parser.add_argument("--port", type=cli.int_in_range(0, 65535), default=0)
+  parser.add_argument("--local_devices", type=cli.positive_int, default=1)
+  parser.add_argument("--num_steps", type=cli.positive_int, default=4)
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--out", required=True)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
+  out_dir = os.path.dirname(os.path.abspath(args.out))
+  if args.process_id >= args.num_processes:
+    parser.error(
+      f"--process_id={args.process_id} must be below --num_processes={args.num_processes}"
+    )
+  if args.num_processes > 1 and args.port == 0:
+    parser.error(f"--num_processes={args.num_processes} needs a coordinator --port in [1, 65535]")
+  if os.path.isdir(args.out):
+    parser.error(f"--out={args.out} is a directory; it must name the result file")
+  if not os.path.isdir(out_dir):
+    parser.error(f"--out={args.out}: folder {out_dir} does not exist")
+  if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+    parser.error(f"--workdir={args.workdir} exists and is not a folder")
+  return args
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = parse_args(argv)
 
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.local_devices}"
   os.environ["JAX_PLATFORMS"] = "cpu"
@@ -80,7 +102,8 @@ def main() -> None:
   }
   with open(args.out, "w") as f:
     json.dump(result, f)
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

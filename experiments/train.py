@@ -68,6 +68,7 @@ class Trainer:
       data.load_source(config.data, "validation") if config.data.validation_examples else None
     )
     num_classes = self.train_source.num_classes
+    builder.check_data_size(config, data.num_examples(self.train_source))
     self.experiment = builder.build(config, num_classes, data.num_examples(self.train_source))
     self.schedule = self.experiment.schedule
     self.train_step = self.experiment.train_step
@@ -123,6 +124,8 @@ class Trainer:
     logger.print_params(steps.fetch(state.params))
     if start:
       logger.note(f"resuming from the checkpoint of step {start} of {total}")
+    if start < total:
+      logger.clear_done()
     batches = data.train_batches(
       self.train_source,
       self.config.data,
@@ -161,6 +164,8 @@ class Trainer:
       if start == total:
         eval_metrics = self.evaluate(state)
         val_metrics = self.evaluate(state, self.val_source) if self.val_source else {}
+      final = {f"eval/{k}": v for k, v in eval_metrics.items()}
+      logger.write_done(total, {**final, **{f"val/{k}": v for k, v in val_metrics.items()}})
     finally:
       logger.close()
       self.checkpointer.close()

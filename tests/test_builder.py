@@ -74,7 +74,9 @@ def test_padded_eval_batch_size_and_checks():
   config.train.batch_size = 16
   builder.check_config(config, 16)  # An evaluation batch of any size is fine.
   config.train.batch_size = 12
-  with pytest.raises(ConfigError, match="train.batch_size=12 must be a positive multiple of"):
+  with pytest.raises(
+    ConfigError, match="train.batch_size=12 is not allowed: a multiple of the device count"
+  ):
     builder.check_config(config, 8)
 
 

@@ -182,7 +182,7 @@ def test_pickle_with_code_is_refused(tmp_path):
 
 
 def test_bad_names_and_missing_directories(tmp_path):
-  with pytest.raises(ValueError, match="unknown dataset name 'imagenet'; allowed: synthetic"):
+  with pytest.raises(ValueError, match="data.name='imagenet' is not allowed: one of synthetic"):
     data.load_source(_config("imagenet"), "train")
   with pytest.raises(ValueError, match="unknown split 'val'"):
     data.load_source(_config("digits"), "val")

@@ -167,7 +167,9 @@ def test_bad_arguments(digits):
     data.train_batches(digits, _config(), global_batch_size=16, seed=0, process_count=3)
   with pytest.raises(ValueError, match="bad process_index=2"):
     data.eval_batches(digits, _config(), global_batch_size=16, process_index=2, process_count=2)
-  with pytest.raises(ValueError, match="unknown augment 'autoaugment'"):
+  with pytest.raises(
+    ValueError, match="data.augment='autoaugment' is not allowed: one of none, cifar, inception"
+  ):
     data.train_batches(digits, _config(augment="autoaugment"), global_batch_size=16, seed=0)
 
 

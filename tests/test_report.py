@@ -14,7 +14,8 @@ REPO = pathlib.Path(__file__).parents[1]
 
 
 def make_run(root, name, model, depth, seed, accuracy, extra_rows=()):
-  """A run dir with config.json and metrics.jsonl; ``accuracy=None``: no eval row (diverged)."""
+  """A run dir with config.json and metrics.jsonl; ``accuracy=None``: no eval row and no
+  ``done.json`` (diverged)."""
   run = root / name
   run.mkdir(parents=True)
   config = {"model_name": model, "model": {"depth": depth}, "train": {"seed": seed, "lr": 0.1}}
@@ -25,6 +26,8 @@ def make_run(root, name, model, depth, seed, accuracy, extra_rows=()):
     rows.append({"step": 10, "kind": "eval", "accuracy": accuracy, "loss": 0.5})
   text = "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 11, "kin'  # A killed write.
   (run / "metrics.jsonl").write_text(text)
+  if accuracy is not None:
+    (run / "done.json").write_text(json.dumps({"step": 10}))
 
 
 @pytest.fixture
@@ -121,6 +124,7 @@ def test_check_passes_on_a_fresh_report_and_fails_on_an_altered_one(tmp_path):
       {"step": 5, "kind": "eval", "accuracy": acc},
     ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "done.json").write_text(json.dumps({"step": 5}))
   out = tmp_path / "study"
   report.write_report(root, out=out)
   assert json.loads((out / "report.json").read_text())["root"] == str(root)
@@ -138,3 +142,13 @@ def test_check_passes_on_a_fresh_report_and_fails_on_an_altered_one(tmp_path):
   )
   assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "line" in proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_without_its_completion_marker_is_not_counted(root):
+  """Its final eval row exists, but the final save failed: no ``done.json``, no number."""
+  (root / "nf26_seed0" / "done.json").unlink()
+  runs = {run.name: run for run in report.collect_runs(root)}
+  assert not runs["nf26_seed0"].complete
+  assert runs["nf26_seed0"].final["eval"]["accuracy"] == 0.95
+  assert report.math.isnan(runs["nf26_seed0"].value("eval/accuracy"))
+  assert runs["nf18_seed0"].complete

@@ -11,9 +11,11 @@ import json
 import os
 import pathlib
 import shlex
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -49,7 +51,10 @@ TEST_CONFIG = textwrap.dedent(
       SweepEntry("copy_other_config", ARG, {"train.batch_size": 24}, reuse="pair_a"),
       SweepEntry("copy_unfinished", ARG, {"train.batch_size": 8}, reuse="no_such_run"),
     ]
-    sweeps = {"pair": lambda: pair, "broken": lambda: broken, "reuse": lambda: reuse}
+    long = [SweepEntry("long", ARG, {"train.num_steps": 100000, "train.checkpoint_every": 0})]
+    sweeps = {
+      "pair": lambda: pair, "broken": lambda: broken, "reuse": lambda: reuse, "long": lambda: long
+    }
     return select(name, sweeps, "tiny")
   """
 )
@@ -149,7 +154,7 @@ def test_unknown_sweep_name_is_a_one_line_usage_error(sweep_root):
   done = run_cli("experiments.studies.sweep", f"--config={config}:nope", f"--workdir={root}")
   assert done.returncode == 2
   assert done.stderr.strip().splitlines() == [
-    "error: unknown tiny sweep 'nope'; allowed: pair, broken, reuse"
+    "error: unknown tiny sweep 'nope'; allowed: pair, broken, reuse, long"
   ]
 
 
@@ -235,3 +240,50 @@ def test_set_overrides_are_checked_for_every_entry_before_anything_runs(sweep_ro
   assert done.stderr.strip().splitlines() == [
     "error: --set 'train.no_such=1': no such config field 'train.no_such'"
   ]
+
+
+def processes_mentioning(text: str) -> list[int]:
+  found = []
+  for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
+    try:
+      if text in cmdline.read_bytes().decode(errors="replace"):
+        found.append(int(cmdline.parent.name))
+    except OSError:
+      pass
+  return found
+
+
+def test_sigterm_is_forwarded_to_the_running_entry_and_waited_for(sweep_root, tmp_path):
+  config, _, _ = sweep_root
+  root = tmp_path / "signalled"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "experiments.studies.sweep",
+      f"--config={config}:long",
+      f"--workdir={root}",
+    ],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  log = root / "long" / "train.log"
+  deadline = time.monotonic() + 120
+  while time.monotonic() < deadline:  # Wait until the trainer is training.
+    if log.exists() and len(log.read_text().splitlines()) > 3:
+      break
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 5, err
+  assert err.strip().splitlines() == [
+    "error: sweep interrupted by SIGTERM: long stopped (exit 5); rerun to resume"
+  ]
+  assert processes_mentioning(str(root)) == []  # The trainer is gone too.
+  status = json.loads((root / "long" / "sweep_status.json").read_text())
+  assert status["status"] == "interrupted" and status["returncode"] == 5
+  assert "error: interrupted by SIGTERM" in log.read_text()

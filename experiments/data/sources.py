@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 import ml_collections
 import numpy as np
 
-from experiments.data import augment, files, randaugment, tfds_source
+from experiments.data import augment, files, tfds_source
 from experiments.data.files import DatasetError
 
 SPLITS = ("train", "validation", "test")
@@ -196,27 +196,15 @@ ARRAY_SOURCES = tuple(name for name in SOURCES if name != "tfds")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the bad value when a data config field is not allowed."""
-  if config.name not in SOURCES:
-    raise ValueError(f"unknown dataset name {config.name!r}; allowed: {', '.join(SOURCES)}")
-  if config.augment not in AUGMENTS:
-    raise ValueError(f"unknown augment {config.augment!r}; allowed: {', '.join(AUGMENTS)}")
-  if config.image_size is not None and config.image_size < 0:
-    raise ValueError(f"data.image_size must be >= 0 (0: stored size), got {config.image_size}")
-  eval_size = config.get("eval_image_size")
-  if eval_size is not None and eval_size < 1:
-    raise ValueError(f"data.eval_image_size must be >= 1 (or None: image_size), got {eval_size}")
-  method = config.get("resize_method", "bilinear")
-  if method not in augment.RESIZE_METHODS:
-    allowed = ", ".join(augment.RESIZE_METHODS)
-    raise ValueError(f"unknown data.resize_method {method!r}; allowed: {allowed}")
-  if config.mixup_alpha < 0 or config.cutmix_alpha < 0:
-    raise ValueError("data.mixup_alpha and data.cutmix_alpha must be >= 0")
-  if config.get("randaugment") is not None:
-    try:
-      randaugment.parse_level(config.randaugment)
-    except ValueError as error:
-      raise ValueError(f"bad data.randaugment: {error}") from None
+  """Raises ConfigError (a ValueError) naming the bad value when a data field is not allowed.
+
+  The ``data`` part of ``experiments.schema.validate``, for callers of the pipeline
+  that have no full experiment config.
+  """
+  from experiments import schema  # Deferred: the schema reads this module's tables.
+
+  schema.check_section("data", config, schema.DATA_FIELDS)
+  schema.check_data_values(config)
 
 
 class SubsetSource:

@@ -118,9 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--models", action="append", default=[], help="name:key=value,...")
   parser.add_argument("--checkpoint", action="append", default=[], help="a training workdir")
   parser.add_argument(
-    "--resolution", type=int, help=f"default {DEFAULT_RESOLUTION}, or the checkpoint's image size"
+    "--resolution",
+    type=cli.positive_int,
+    help=f"default {DEFAULT_RESOLUTION}, or the checkpoint's image size",
   )
-  parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
+  parser.add_argument("--batch_size", type=cli.positive_int, default=DEFAULT_BATCH_SIZE)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--input", default=GAUSSIAN, help=f"{GAUSSIAN} or a dataset name")
   parser.add_argument("--out", default="results/spp", help="output folder")

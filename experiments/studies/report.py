@@ -15,8 +15,8 @@ get the convergence check of the reproduction protocol (docs/reproducing.md): th
 the best validation accuracy over the last fifth of training, "met" when below
 ``CONVERGED_GAIN`` (0.3 points). A run without the metric or not complete (failed,
 diverged, still running) counts as failed and is listed; a run is complete when
-its ``sweep_status.json`` says done or, without one, when its last eval row is
-at its last step. Writes ``report.md``, ``report.csv`` and ``report.png`` to
+its ``sweep_status.json`` says done or, without one, when it has ``done.json`` (written
+after the final checkpoint is saved). Writes ``report.md``, ``report.csv`` and ``report.png`` to
 ``--out`` (default ROOT), and ``report.json`` with the arguments.
 
 ``python -m experiments.studies.report --check DIR`` recomputes the report in DIR from the
@@ -47,6 +47,7 @@ USAGE_ERROR = cli.USAGE_ERROR
 REPORT_DIFFERS = 1
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+DONE_FILE = "done.json"
 STATUS_FILE = "sweep_status.json"  # Written by experiments.studies.sweep.
 SEED_FIELD = "train.seed"
 FIELD_ORDER = ("model_name", "model.", "data.", "train.", "optimizer.")
@@ -79,6 +80,7 @@ class Run:
   final: Mapping[str, Mapping[str, Any]]  # kind -> the row of that kind with the largest step.
   status: Mapping[str, Any]
   val_curve: tuple[tuple[int, float], ...] = ()  # (step, accuracy) of the "val" rows.
+  done: bool = False  # ``done.json`` exists: written after the final checkpoint was saved.
 
   def last_fifth_gain(self) -> float:
     """How much the best validation accuracy so far rose over the last fifth of training.
@@ -102,10 +104,12 @@ class Run:
 
   @property
   def complete(self) -> bool:
-    """Finished: its sweep status says done, or (no status) its last eval is at its last step."""
+    """Finished: its sweep status says done (exit 0, so after the final save), or it has
+    ``done.json``. A run that crashed after its final evaluation (a failed last save) is not.
+    """
     if self.status.get("status"):
       return self.status["status"] == "done"
-    return "eval" in self.final and self.final["eval"].get("step") == self.last_step
+    return self.done
 
   def value(self, metric: str) -> float:
     """The metric (``KIND/NAME``) of the run's last row of that kind.
@@ -209,6 +213,7 @@ def collect_runs(root: str | pathlib.Path) -> list[Run]:
         final=final_rows(metrics),
         status=read_json(run_dir / STATUS_FILE),
         val_curve=val_curve(metrics),
+        done=(run_dir / DONE_FILE).is_file(),
       )
     )
   if not runs:

@@ -16,7 +16,9 @@ checkpoints but no ``done`` status was interrupted, and rerunning it resumes
 from its latest checkpoint (``experiments.train`` does that by itself). A
 failing entry is recorded as ``failed`` with its error line, the remaining
 entries still run, the summary lists the failures and the exit status is 1.
-Usage errors (unknown sweep, bad --only pattern) exit with status 2.
+Usage errors (unknown sweep, bad --only pattern, a bad ``--set`` for any entry) exit
+with status 2 before anything runs. SIGTERM and SIGINT are forwarded to the running
+entry, which is waited for; the sweep then exits with status 5 and a rerun resumes.
 
 An entry with ``reuse`` (``SweepEntry.reuse``: seed 0 of a tuned study is the tuning run
 at the chosen rate) is not trained when that run is finished and its ``config.json``
@@ -35,10 +37,11 @@ import os
 import pathlib
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -245,8 +248,39 @@ def error_line(log: pathlib.Path) -> str:
   return (errors or lines or ["no output"])[-1]
 
 
+class SweepInterrupted(Exception):
+  """SIGTERM or SIGINT reached the sweep; it was forwarded to the running entry."""
+
+
+def run_child(argv: list[str], log: Any, env: Mapping[str, str]) -> tuple[int, str | None]:
+  """Runs one entry's process; SIGTERM/SIGINT are forwarded to it and waited for.
+
+  The child runs in its own session, so a terminal's Ctrl-C reaches it once, through
+  here. Returns its exit status and the name of the signal received (or None).
+  """
+  child = subprocess.Popen(argv, stdout=log, stderr=log, env=env, start_new_session=True)
+  received: list[str] = []
+
+  def forward(signum: int, frame: Any) -> None:
+    del frame
+    received.append(signal.Signals(signum).name)
+    child.send_signal(signum)
+
+  previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    code = child.wait()
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  return code, (received[0] if received else None)
+
+
 def run_entry(command: list[str], run_dir: pathlib.Path) -> dict:
-  """Runs one entry to completion, logging to ``run_dir/train.log``; returns its status."""
+  """Runs one entry to completion, logging to ``run_dir/train.log``; returns its status.
+
+  Raises:
+    SweepInterrupted: a signal stopped the entry (status ``interrupted``; a rerun resumes).
+  """
   run_dir.mkdir(parents=True, exist_ok=True)
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
@@ -254,13 +288,17 @@ def run_entry(command: list[str], run_dir: pathlib.Path) -> dict:
   with (run_dir / LOG_FILE).open("a") as log:
     log.write(f"$ {shlex.join(command)}\n")
     log.flush()
-    code = subprocess.call([sys.executable, *command[1:]], stdout=log, stderr=log, env=env)
-  status = {"status": "done" if code == 0 else "failed", "returncode": code}
+    code, received = run_child([sys.executable, *command[1:]], log, env)
+  done = code == 0 and received is None
+  status = {"status": "done" if done else "interrupted" if received else "failed"}
+  status["returncode"] = code
   status["wall_s"] = round(time.perf_counter() - start, 1)
   status["command"] = shlex.join(command)
-  if code:
+  if not done:
     status["error"] = error_line(run_dir / LOG_FILE)
   (run_dir / STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
+  if received:
+    raise SweepInterrupted(f"{received}: {run_dir.name} stopped (exit {code}); rerun to resume")
   return status
 
 
@@ -388,7 +426,10 @@ def main(argv: list[str]) -> int:
     for entry in sweep.entries:
       print(shlex.join(entry_command(sweep, entry, WORKDIR.value, SET.value)))
     return 0
-  summary, ok = summarize(run_sweep(sweep, WORKDIR.value, SET.value))
+  try:
+    summary, ok = summarize(run_sweep(sweep, WORKDIR.value, SET.value))
+  except SweepInterrupted as error:
+    return fail(f"sweep interrupted by {error}", cli.INTERRUPTED)
   print(summary, flush=True)
   return 0 if ok else FAILED
 
