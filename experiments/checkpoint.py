@@ -5,13 +5,26 @@ whole TrainState: params, model state, optimizer state, EMA, step, rng) and
 ``meta`` (JSON: the model identity and the step). The data position is the
 step, so nothing else is needed to resume exactly. Orbax writes each
 checkpoint to a temporary folder and renames it when complete, so a process
-killed mid-save leaves the previous checkpoints intact.
+killed mid-save leaves the previous checkpoints intact; a new ``Checkpointer``
+removes such leftover temporary folders, and a save that fails (disk full, I/O
+error) removes its own and raises ``CheckpointWriteError``.
+
+After each save, process 0 writes ``<step>/sha256_manifest.json``: the SHA-256
+digest of every other file of the checkpoint (orbax ignores the extra file and
+deletes it with the step). Restoring verifies it first; checkpoints without one
+(older runs) are restored unverified. A checkpoint that fails verification,
+whose metadata cannot be read, or that orbax cannot restore is unreadable: one
+warning line (its path and the reason) and the previous one is tried. A
+resuming run moves unreadable checkpoints to ``WORKDIR/unreadable_checkpoints/``
+(never deletes them); ``load_trained`` only skips them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import pathlib
 import shutil
 import time
@@ -25,16 +38,32 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from experiments import models, steps
+from experiments.checkpoint_manifest import verify_manifest, write_manifest
 from experiments.configs import ConfigError
+from experiments.orbax_errors import (
+  CheckpointWriteError,
+  quiet_orbax,
+  short_reason,
+  wait_for_orbax_threads,
+  write_error_cause,
+)
 from experiments.train_state import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 UNREADABLE_DIR = "unreadable_checkpoints"
+TMP_DIR_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's <step>.orbax-checkpoint-tmp[-<time>] folders.
+SAVE_THREADS_TIMEOUT_S = 60.0
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(ConfigError):
   """The workdir holds checkpoints of a different model."""
+
+
+class CheckpointReadError(FileNotFoundError):
+  """A workdir has checkpoints but none is readable (corrupt, truncated, unverifiable)."""
 
 
 class Checkpointer:
@@ -50,84 +79,117 @@ class Checkpointer:
     self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
     self.identity = json.loads(json.dumps(dict(identity)))  # Normalized as JSON reads it back.
     options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, enable_async_checkpointing=False, create=True
+      max_to_keep=keep,
+      enable_async_checkpointing=False,
+      create=True,
+      cleanup_tmp_directories=True,  # Unfinished saves of a killed process.
     )
-    self.manager = ocp.CheckpointManager(
-      self.directory, options=options, item_names=("state", "meta")
-    )
+    with quiet_orbax():
+      self.manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "meta")
+      )
+      # Orbax removes the leftovers in a background thread that its first save
+      # waits for; wait now so that the folder is clean once this returns.
+      wait_for_cleanup = getattr(self.manager, "_maybe_await_cleanup_tmp_directory", None)
+      if wait_for_cleanup is not None:
+        wait_for_cleanup()
+    self._unreadable: dict[int, str] = {}  # Step -> reason (warned once).
+    self._verified: set[int] = set()
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
   def read_meta(self, step: int) -> dict[str, Any]:
-    return dict(
-      self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    )
+    """The ``meta`` item of checkpoint ``step`` (raises if it cannot be read)."""
+    with quiet_orbax():
+      meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    return dict(meta)
 
   def check_identity(self) -> None:
-    """Raises CheckpointMismatchError if the newest readable checkpoint is another model."""
+    """Raises CheckpointMismatchError if the newest readable checkpoint is another model.
+
+    Checkpoints that fail verification or whose metadata cannot be read are
+    skipped with one warning each (``restore_latest`` skips them too, and never
+    restores a checkpoint without checking its identity). Nothing is written.
+    """
     for step in reversed(self.steps()):
-      try:
-        meta = self.read_meta(step)
-      except Exception as error:  # noqa: BLE001 - a corrupt checkpoint: try the previous one.
-        logging.warning("checkpoint %d has unreadable metadata (%s)", step, error)
-        continue
-      saved = {k: meta.get(k) for k in self.identity}
-      if saved != self.identity:
-        raise CheckpointMismatchError(
-          f"{self.directory} holds checkpoints of model {describe(saved)}, not "
-          f"{describe(self.identity)}; use another --workdir"
-        )
-      return
+      restored = self._read(step, meta=ocp.args.JsonRestore())
+      if restored is not None:
+        self._check_meta(restored.meta)
+        return
 
   def save(self, state: TrainState) -> None:
-    """Saves ``state`` at its step (all processes must call this).
+    """Saves ``state`` at its step (all processes must call this), then its manifest.
 
     The state is replicated, so its host copy is saved; this skips orbax's
     per-replica slicing of device arrays, which compiles a slice program per
     parameter shape (seconds on the first save). Restoring puts it back on the
     mesh with the shardings of ``restore_latest``'s ``abstract_state``.
+
+    Raises:
+      CheckpointWriteError: the checkpoint could not be written (e.g. disk
+        full); its partial files are removed and earlier checkpoints are kept.
     """
     state = steps.fetch(state)
     step = int(state.step)
     meta = dict(self.identity, step=step)
-    self.manager.save(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-      force=True,
-    )
-    self.manager.wait_until_finished()
+    step_dir = self.directory / str(step)
+    existed = step_dir.exists()  # Orbax refuses to overwrite it: keep it then.
+    try:
+      with quiet_orbax():
+        self.manager.save(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+          force=True,
+        )
+        self.manager.wait_until_finished()
+      if jax.process_index() == 0:
+        write_manifest(step_dir)
+    except Exception as error:
+      self._discard_partial_save(step, remove_step_dir=not existed)
+      cause = write_error_cause(error)
+      if cause is None:
+        raise
+      code, reason = cause
+      raise CheckpointWriteError(
+        f"cannot save checkpoint {step} to {self.directory}: {reason}",
+        code,
+        os.strerror(code) if code is not None else None,
+      ) from error
+    self._verified.add(step)
+    self._unreadable.pop(step, None)
 
   def restore_latest(self, abstract_state: Any) -> Any | None:
-    """The newest checkpoint that restores, or None when the workdir has none.
+    """The newest checkpoint that verifies, restores and is this model, or None if none exist.
 
-    A checkpoint that fails to restore is skipped with a warning and the
-    previous one is tried.
+    An unreadable checkpoint (see the module docstring) is skipped with one
+    warning and the previous one is tried; once one restores, the skipped ones
+    are set aside. The identity is checked on the checkpoint restored.
 
     Args:
       abstract_state: pytree of ``jax.ShapeDtypeStruct`` with shardings.
 
     Raises:
-      CheckpointMismatchError: checkpoints exist but none restores into
-        ``abstract_state`` (e.g. another optimizer); nothing is overwritten.
+      CheckpointMismatchError: the restored checkpoint is of another model, or
+        checkpoints exist but none restores into ``abstract_state`` (e.g.
+        another optimizer, or all corrupt); nothing is overwritten.
     """
     saved = self.steps()
     unreadable = []
     for step in reversed(saved):
-      try:
-        restored = self.manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-        )
-      except Exception as error:  # noqa: BLE001 - fall back to the previous checkpoint.
-        logging.warning("checkpoint %d is unreadable, trying the previous one: %s", step, error)
+      restored = self._read(
+        step, state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+      )
+      if restored is None:
         unreadable.append(step)
         continue
+      self._check_meta(restored.meta)
       self.set_aside(unreadable)
       return restored.state
     if saved:
       raise CheckpointMismatchError(
-        f"no checkpoint in {self.directory} (steps {saved}) restores into this configuration; "
-        "use another --workdir"
+        f"no checkpoint in {self.directory} (steps {saved}) restores into this configuration "
+        f"(newest: {self._unreadable.get(saved[-1], 'unreadable')}); use another --workdir"
       )
     return None
 
@@ -142,13 +204,87 @@ class Checkpointer:
       for step in steps:
         destination = target / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
         shutil.move(str(self.directory / str(step)), destination)
-        logging.warning("moved unreadable checkpoint %d to %s", step, destination)
+        log.info("moved unreadable checkpoint %d to %s", step, destination)
     if steps:
       multihost_utils.sync_global_devices("nfresnet_set_aside_checkpoints")
       self.manager.reload()
+      for step in steps:
+        self._verified.discard(step)
 
   def close(self) -> None:
     self.manager.close()
+
+  def _read(self, step: int, **items: Any) -> Any | None:
+    """The verified, restored ``items`` of ``step``, or None (one warning) if unreadable."""
+    if step in self._unreadable:
+      return None
+    step_dir = self.directory / str(step)
+    reason = None if step in self._verified else verify_manifest(step_dir)
+    restored = None
+    if reason is None:
+      self._verified.add(step)
+      restored, reason = restore_items(self.manager, step, items)
+    if reason is None and "meta" in items and not isinstance(restored.meta, Mapping):
+      reason = f"{restored.meta!r:.40} in meta is not a JSON object"
+    if reason is not None:
+      self._unreadable[step] = reason
+      warn_unreadable(step, step_dir, reason)
+      return None
+    return restored
+
+  def _check_meta(self, meta: Mapping[str, Any]) -> None:
+    saved = {k: meta.get(k) for k in self.identity}
+    if saved != self.identity:
+      raise CheckpointMismatchError(
+        f"{self.directory} holds checkpoints of model {describe(saved)}, not "
+        f"{describe(self.identity)}; use another --workdir"
+      )
+
+  def _discard_partial_save(self, step: int, remove_step_dir: bool) -> None:
+    """Removes what a failed save of ``step`` left (process 0), keeping other checkpoints.
+
+    The other writes of the failed save may still be running in orbax's
+    threads (they could recreate the folder); they are waited for first.
+    """
+    with quiet_orbax(replay=False):  # Their errors repeat the one being raised.
+      wait_for_orbax_threads(SAVE_THREADS_TIMEOUT_S)
+    if jax.process_index() == 0:
+      for _ in range(3):  # Writes already queued in TensorStore may land late.
+        partial = list(self.directory.glob(f"{step}{TMP_DIR_SUFFIX}*"))
+        if remove_step_dir and (self.directory / str(step)).exists():
+          partial.append(self.directory / str(step))
+        if not partial:
+          break
+        for path in partial:
+          if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+          else:
+            path.unlink(missing_ok=True)
+        time.sleep(0.05)
+    with contextlib.suppress(Exception), quiet_orbax(replay=False):
+      self.manager.reload()
+    self._verified.discard(step)
+
+
+def restore_items(
+  manager: ocp.CheckpointManager, step: int, items: Mapping[str, Any]
+) -> tuple[Any | None, str | None]:
+  """Restores ``items`` (name -> orbax restore args) of ``step``.
+
+  Returns:
+    ``(restored, None)``, or ``(None, reason)`` when orbax or TensorStore fails.
+  """
+  try:
+    with quiet_orbax():
+      return manager.restore(step, args=ocp.args.Composite(**items)), None
+  except Exception as error:  # noqa: BLE001 - orbax and TensorStore raise many types.
+    return None, short_reason(error)
+
+
+def warn_unreadable(step: int, step_dir: pathlib.Path, reason: str) -> None:
+  log.warning(
+    "checkpoint %d is unreadable, trying the previous one: %s: %s", step, step_dir, reason
+  )
 
 
 def steps_of(state: TrainState) -> int:
@@ -179,7 +315,10 @@ class TrainedModel(NamedTuple):
 
 
 def load_trained(workdir: str | pathlib.Path, use_ema: bool = False) -> TrainedModel:
-  """Loads the config and the latest checkpoint of a training run.
+  """Loads the config and the latest readable checkpoint of a training run.
+
+  Checkpoints that fail their manifest or do not restore are skipped (one
+  warning each, once an older one loads) and left in place.
 
   Args:
     workdir: the run's ``--workdir``.
@@ -190,7 +329,9 @@ def load_trained(workdir: str | pathlib.Path, use_ema: bool = False) -> TrainedM
     The TrainedModel.
 
   Raises:
-    FileNotFoundError: no config or no readable checkpoint in ``workdir``.
+    FileNotFoundError: no config or no checkpoint in ``workdir``.
+    CheckpointReadError: checkpoints exist but none is readable (a
+      FileNotFoundError whose one-line message names the newest one and why).
   """
   workdir = pathlib.Path(workdir)
   config_path = workdir / CONFIG_FILE
@@ -200,16 +341,24 @@ def load_trained(workdir: str | pathlib.Path, use_ema: bool = False) -> TrainedM
   checkpoint_dir = workdir.absolute() / CHECKPOINT_DIR
   if not checkpoint_dir.is_dir():  # Checked first: orbax would create the folder.
     raise FileNotFoundError(f"no readable checkpoint in {checkpoint_dir}")
-  manager = ocp.CheckpointManager(checkpoint_dir, item_names=("state", "meta"))
+  with quiet_orbax():
+    manager = ocp.CheckpointManager(checkpoint_dir, item_names=("state", "meta"))
+  unreadable: list[tuple[int, str]] = []
   for step in reversed(sorted(manager.all_steps())):
-    try:
-      restored = manager.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
-      )
-    except Exception as error:  # noqa: BLE001 - fall back to the previous checkpoint.
-      logging.warning("checkpoint %d is unreadable, trying the previous one: %s", step, error)
+    step_dir = checkpoint_dir / str(step)
+    reason = verify_manifest(step_dir)
+    if reason is None:
+      items = dict(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+      restored, reason = restore_items(manager, step, items)
+    if reason is None and not (
+      isinstance(restored.meta, Mapping) and {"model_name", "model"} <= set(restored.meta)
+    ):
+      reason = "meta lacks the model name and arguments"
+    if reason is not None:
+      unreadable.append((step, f"{step_dir}: {reason}"))
       continue
+    for bad_step, bad_reason in unreadable:
+      log.warning("checkpoint %d is unreadable, skipped: %s", bad_step, bad_reason)
     state, meta = restored.state, restored.meta
     params = state["ema_params"] if use_ema else state["params"]
     if params is None:
@@ -219,4 +368,10 @@ def load_trained(workdir: str | pathlib.Path, use_ema: bool = False) -> TrainedM
       model_state = state["ema_model_state"]
     model_fn = models.make_model_fn(meta["model_name"], meta["model"])
     return TrainedModel(config, model_fn, params, model_state or {})
-  raise FileNotFoundError(f"no readable checkpoint in {workdir / CHECKPOINT_DIR}")
+  if not unreadable:
+    raise FileNotFoundError(f"no readable checkpoint in {checkpoint_dir}")
+  older = f" (and {len(unreadable) - 1} older unreadable ones)" if len(unreadable) > 1 else ""
+  raise CheckpointReadError(
+    f"no readable checkpoint in {checkpoint_dir}: checkpoint {unreadable[0][0]} at "
+    f"{unreadable[0][1]}{older}"
+  )

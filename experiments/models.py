@@ -55,6 +55,7 @@ BUILTIN_MODELS: Mapping[str, ModelEntry] = {
   "skipinit": ModelEntry(nfresnet.SkipInitResNet),
   "fixup": ModelEntry(nfresnet.FixupResNet),
   "nf_regnet": ModelEntry(nfresnet.NFRegNet),
+  "bn_regnet": ModelEntry(nfresnet.BNRegNet, batch_norm=True),
   "nfnet": ModelEntry(nfresnet.NFNet),
 }
 MODELS: dict[str, ModelEntry] = dict(BUILTIN_MODELS)

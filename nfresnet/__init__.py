@@ -18,6 +18,7 @@ from nfresnet.blocks import (
   SqueezeExcite,
   stochastic_depth,
 )
+from nfresnet.bn_regnet import BNRegNet, BNRegNetBlock
 from nfresnet.counting import count_macs, count_params
 from nfresnet.freeze import fold_batchnorm, folded_batchnorm, freeze, frozen
 from nfresnet.layout import BlockSpec, block_specs, expected_variances, resnet_specs
@@ -40,6 +41,8 @@ __all__ = [
   "ACTIVATIONS",
   "REFERENCE_GAMMAS",
   "BNBlock",
+  "BNRegNet",
+  "BNRegNetBlock",
   "BlockSpec",
   "FixupBlock",
   "FixupResNet",

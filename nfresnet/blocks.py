@@ -71,6 +71,27 @@ class SqueezeExcite(hk.Module):
     return x * gate[:, None, None, :].astype(x.dtype)
 
 
+def squeeze_excite(x: jax.Array, se_ratio: float) -> jax.Array:
+  """``SqueezeExcite`` named "squeeze_excite", hidden width ``se_ratio`` times the channels."""
+  hidden = max(1, int(x.shape[-1] * se_ratio))
+  return SqueezeExcite(x.shape[-1], hidden, name="squeeze_excite")(x)
+
+
+def projection_shortcut(
+  x: jax.Array, spec: BlockSpec, conv: ConvFactory, *, avg_down: bool = False
+) -> jax.Array:
+  """1x1 conv "conv_shortcut" of ``x`` to ``spec.out_channels`` at ``spec.stride``.
+
+  With ``avg_down`` a strided shortcut average-pools (stride x stride) first and
+  the conv has stride 1 (ResNet-D, NF-RegNets).
+  """
+  stride = spec.stride
+  if avg_down and stride > 1:
+    x = hk.avg_pool(x, (1, stride, stride, 1), (1, stride, stride, 1), "SAME")
+    stride = 1
+  return conv(spec.out_channels, 1, stride=stride, name="conv_shortcut")(x)
+
+
 class ResidualBlock(hk.Module):
   """Base of all residual blocks.
 
@@ -144,18 +165,13 @@ class NFBlock(ResidualBlock):
     """Identity on ``x``, or a strided 1x1 conv of the pre-activated ``out``."""
     if not self.spec.use_projection:
       return x
-    stride = self.spec.stride
-    if self.avg_down and stride > 1:
-      out = hk.avg_pool(out, (1, stride, stride, 1), (1, stride, stride, 1), "SAME")
-      stride = 1
-    return self.conv(self.spec.out_channels, 1, stride=stride, name="conv_shortcut")(out)
+    return projection_shortcut(out, self.spec, self.conv, avg_down=self.avg_down)
 
   @hk.transparent
   def squeeze_excite(self, x: jax.Array) -> jax.Array:
     if not self.use_se:
       return x
-    hidden = max(1, int(x.shape[-1] * self.se_ratio))
-    return SqueezeExcite(x.shape[-1], hidden, name="squeeze_excite")(x)
+    return squeeze_excite(x, self.se_ratio)
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     out = self.activation(x) * jnp.asarray(1.0 / self.spec.beta, x.dtype)

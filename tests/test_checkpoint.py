@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import checkpoint, data, steps
+from experiments import checkpoint, checkpoint_manifest, data, steps
 from experiments.configs import quickstart
 from experiments.train import Trainer
 
@@ -156,6 +156,13 @@ def test_load_trained(runs):
   assert logits.shape == (2, 10)
   ema = checkpoint.load_trained(runs["full_dir"], use_ema=True)
   jax.tree.map(np.testing.assert_array_equal, ema.params, final.ema_params)
+
+
+def test_trainer_checkpoints_carry_a_manifest(runs):
+  directory = runs["full_dir"] / checkpoint.CHECKPOINT_DIR
+  for step in (6, 7):
+    assert (directory / str(step) / checkpoint_manifest.MANIFEST_FILE).is_file()
+    assert checkpoint_manifest.verify_manifest(directory / str(step)) is None
 
 
 def test_corrupt_latest_falls_back_to_previous(runs, caplog):

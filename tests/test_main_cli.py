@@ -3,6 +3,7 @@
 Each case fails before anything is compiled.
 """
 
+import json
 import os
 import pathlib
 import subprocess
@@ -89,3 +90,41 @@ def test_workdir_of_another_model_is_refused_intact(tmp_path):
   result = run_main(f"--config={QUICKSTART}:model=bn", f"--workdir={workdir}")
   assert_one_line_error(result, "nf_resnet", "resnet_v2", "another --workdir")
   assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+
+
+def test_a_full_disk_is_an_io_failure_and_the_rerun_completes(tmp_path):
+  """A file-size limit (as a full disk) fails the first save: exit 4, one line, nothing partial.
+
+  The run is not complete (no ``done.json``); rerunning without the limit finishes it.
+  """
+  import resource
+
+  from experiments.studies import report
+
+  workdir = tmp_path / "run"
+  config = f"--config={QUICKSTART}:smoke"
+
+  def limit_file_size():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (48 * 1024, resource.RLIM_INFINITY))
+
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  result = subprocess.run(
+    [sys.executable, "-m", "experiments.main", config, f"--workdir={workdir}"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    preexec_fn=limit_file_size,
+  )
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert result.returncode == 4, result.stderr[-3000:]
+  assert len(lines) == 1 and lines[0].startswith("error: I/O failure: cannot save checkpoint 2")
+  assert "File too large" in lines[0] and "Traceback" not in result.stderr
+  assert not (workdir / "done.json").exists()
+  assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
+  assert not report.collect_runs(workdir)[0].complete
+  again = run_main(config, f"--workdir={workdir}")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert json.loads((workdir / "done.json").read_text())["step"] == 2
+  assert report.collect_runs(workdir)[0].complete

@@ -25,10 +25,12 @@ MODEL_NAMES: Mapping[str, str] = {
   "skipinit": "skipinit",
   "fixup": "fixup",
   "nf_regnet": "nf_regnet",
+  "bn_regnet": "bn_regnet",  # NF-RegNet's BatchNorm counterpart (paper Section 5.2).
 }
 """``model=`` choices and the ``config.model_name`` each selects."""
 
 RESNET_MODELS = ("nf", "he", "bn", "skipinit", "fixup")
+REGNET_MODELS = ("nf_regnet", "bn_regnet")  # Take variant= instead of depth=.
 REGULARIZED_STOCHDEPTH = 0.1  # "Regularized" NF-ResNets (paper Table 1).
 REGULARIZED_DROPOUT = 0.25
 STOCHDEPTH_MODELS = frozenset({"nf", "he", "skipinit", "fixup"})  # Have stochdepth_rate.
@@ -168,9 +170,9 @@ def apply_smoke(config: ml_collections.ConfigDict, *, image_size: int = 16) -> N
   """Shrinks ``config`` in place to a seconds-long CPU run on synthetic data.
 
   Tiny width, the CIFAR stem and the shallowest depth of the same block type
-  (ResNets: 18 for basic, 26 for bottleneck blocks; NF-RegNets: B0; NFNets: F0), synthetic
-  16 px images,
-  batch 8 (a multiple of 8 fake devices), 2 training steps, no progress bar.
+  (ResNets: 18 for basic, 26 for bottleneck blocks; NF- and BN-RegNets: B0; NFNets: F0),
+  synthetic 16 px images, batch 8 (a multiple of 8 fake devices), 2 training steps, no
+  progress bar.
   The model family, activation and regularization stay as chosen.
   """
   if "stem" in config.model:
@@ -181,7 +183,7 @@ def apply_smoke(config: ml_collections.ConfigDict, *, image_size: int = 16) -> N
     config.model.variant = SMOKE_NFNET_VARIANT
     config.model.width = 0.0625
     config.model.group_width = 8
-  else:  # NF-RegNet: the smallest variant; its width multiplies the variant's base widths.
+  else:  # NF-/BN-RegNet: the smallest variant; width multiplies the variant's base widths.
     config.model.variant = SMOKE_REGNET_VARIANT
     config.model.width = 0.125
   data = config.data

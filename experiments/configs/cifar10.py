@@ -8,7 +8,7 @@ directory of the original files (binary or python version), e.g. the
 augmentation (4-px padded random crop and flip), 3 epochs. Models: width 0.25,
 CIFAR stem.
 
-Arguments (same as imagenet.py): ``model=nf|he|bn|skipinit|fixup|nf_regnet``,
+Arguments (same as imagenet.py): ``model=nf|he|bn|skipinit|fixup|nf_regnet|bn_regnet``,
 ``depth=N``, ``variant=B0..B5``, ``activation=NAME``, ``width=W``,
 ``regularized``, ``smoke``. Sweeps: ``table1``, ``table1_full``, ``table2``,
 ``depth``, ``activation``, ``meanshift``, ``table3``.

@@ -5,7 +5,7 @@ training and 360 test digits resized to 16 px, 10 epochs, width 0.25 with the
 CIFAR stem. Useful to check a sweep end to end in a few minutes; the committed
 studies use Fashion-MNIST (fashion_mnist.py), where differences are clearer.
 
-Arguments (same as imagenet.py): ``model=nf|he|bn|skipinit|fixup|nf_regnet``,
+Arguments (same as imagenet.py): ``model=nf|he|bn|skipinit|fixup|nf_regnet|bn_regnet``,
 ``depth=N``, ``variant=B0..B5``, ``activation=NAME``, ``width=W``,
 ``regularized``, ``smoke``. Sweeps: ``table1``, ``table1_full``, ``table2``,
 ``depth``, ``activation``, ``meanshift``, ``table3``.

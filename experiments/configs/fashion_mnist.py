@@ -9,7 +9,7 @@ resized to 16 px, no augmentation; 0.1 epoch (6,000 images) per run, the
 first 2% of it a linear warm-up.
 Models: width 0.25, CIFAR stem (3x3 conv, no pooling).
 
-Arguments (same as imagenet.py): ``model=nf|he|bn|skipinit|fixup|nf_regnet``,
+Arguments (same as imagenet.py): ``model=nf|he|bn|skipinit|fixup|nf_regnet|bn_regnet``,
 ``depth=N``, ``variant=B0..B5``, ``activation=NAME``, ``width=W``,
 ``regularized``, ``smoke``. Sweeps (``get_sweep``): ``table1``, ``table1_full``,
 ``table2``, ``depth``, ``activation``, ``meanshift``, ``table3``.

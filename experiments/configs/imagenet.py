@@ -1,13 +1,14 @@
-"""The paper's ImageNet recipes (paper Section 5): NF/BN/SkipInit/Fixup ResNets and NF-RegNets.
+"""The paper's ImageNet recipes (paper Section 5): NF/BN/SkipInit/Fixup ResNets, NF/BN-RegNets.
 
 Reproduces: Table 1 (NF-ResNets vs BN-ResNets, SkipInit and Fixup at depths
 50-288, unregularized and regularized), Table 2 (NF vs BN ResNet-50 at batch
-sizes 1024 down to 4) and Table 3 (NF-RegNet B0-B5), plus depth and activation
-sweeps.
+sizes 1024 down to 4) and Table 3 (NF-RegNet B0-B5; ``model=bn_regnet`` is their
+BatchNorm counterpart, standing in for the BN networks of the same design the paper
+compares with), plus depth and activation sweeps.
 
 Arguments (``--config=experiments/configs/imagenet.py:ARGS``, comma-separated):
-``model=nf|he|bn|skipinit|fixup|nf_regnet`` (default nf), ``depth=50|101|...``
-(ResNets, default 50), ``variant=B0..B5`` (NF-RegNets, default B0),
+``model=nf|he|bn|skipinit|fixup|nf_regnet|bn_regnet`` (default nf), ``depth=50|101|...``
+(ResNets, default 50), ``variant=B0..B5`` (NF- and BN-RegNets, default B0),
 ``activation=relu|silu|gelu|...`` (NF ResNets), ``regularized`` (stochastic
 depth 0.1 where the model has it, and dropout 0.25), ``smoke`` (tiny model,
 synthetic data, 2 steps). ``get_sweep(name)`` offers ``table1``, ``table2``,
@@ -18,12 +19,12 @@ Recipes:
   at 1024; SkipInit and Fixup 0.05 * batch / 256 = 0.2, the paper's "0.2"), 5
   warm-up epochs then cosine to 0, label smoothing 0.1, weight decay 5e-5 off
   gains and biases, 224 px Inception crops.
-- NF-RegNets: 360 epochs, batch 1024, lr 0.4 not batch-scaled, cosine to
-  0.001, weight decay per variant (5e-5 for B0 rising by 1e-5 per variant to 1e-4
-  for B5), EMA 0.99999 with the reference's warm-up, label smoothing 0.1, MixUp (0.2)
-  and CutMix (1.0) on half of each batch each, SiLU, stochastic depth 0.1, the
-  variant's dropout, training resolution and test resolution from
-  ``nfresnet.NF_REGNET_VARIANTS`` (``data.image_size`` and ``data.eval_image_size``).
+- NF-RegNets (BN-RegNets: the same recipe): 360 epochs, batch 1024, lr 0.4 not
+  batch-scaled, cosine to 0.001, weight decay per variant (5e-5 for B0 rising by 1e-5
+  per variant to 1e-4 for B5), EMA 0.99999 with the reference's warm-up, label
+  smoothing 0.1, MixUp (0.2) and CutMix (1.0) on half of each batch each, SiLU,
+  stochastic depth 0.1, the variant's dropout, training resolution and test resolution
+  from ``nfresnet.NF_REGNET_VARIANTS`` (``data.image_size`` and ``data.eval_image_size``).
 - Every recipe: bicubic resizing of the Inception crops and of the S / (S + 32) centre
   crop at evaluation, as the reference implementation. The evaluation batch is padded
   up to a multiple of the device count and the padding masked, so it works on any count.
@@ -85,8 +86,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.resize_method = "bicubic"  # The reference's interpolation.
   config.train.eval_batch_size = 1000  # 50,000 validation images in 50 batches.
   config.train.checkpoint_every = 5000
-  if a["model"] == "nf_regnet":
-    regnet_recipe(config, a["variant"], a["regularized"])
+  if a["model"] in config_args.REGNET_MODELS:
+    regnet_recipe(config, a["variant"], a["regularized"], config_args.MODEL_NAMES[a["model"]])
   else:
     config.model_name, config.model = config_args.resnet_model(
       a["model"],
@@ -103,11 +104,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return config
 
 
-def regnet_recipe(config: ml_collections.ConfigDict, variant: str, regularized: bool) -> None:
-  """NF-RegNet training recipe (paper Section 5.2, Table 3); always regularized as in the paper."""
+def regnet_recipe(
+  config: ml_collections.ConfigDict,
+  variant: str,
+  regularized: bool,
+  model_name: str = "nf_regnet",
+) -> None:
+  """NF-RegNet training recipe (paper Section 5.2, Table 3); always regularized as in the paper.
+
+  ``model_name="bn_regnet"`` trains the BatchNorm counterpart with the same recipe.
+  """
   if regularized:
-    raise ConfigError("model=nf_regnet is always regularized (variant dropout, stochdepth 0.1)")
-  config.model_name = "nf_regnet"
+    raise ConfigError(f"model={model_name} is always regularized (variant dropout, stochdepth 0.1)")
+  config.model_name = model_name
   config.model = ml_collections.ConfigDict({"variant": variant, "activation": "silu"})
   row = nfresnet.NF_REGNET_VARIANTS[variant]
   config.data.image_size = row.train_resolution

@@ -63,7 +63,7 @@ def build_config(arg: str | None, recipe: SmallImageRecipe) -> ml_collections.Co
   """The config of ``recipe`` for the model the argument selects.
 
   Args:
-    arg: ``model=nf|he|bn|skipinit|fixup|nf_regnet,depth=N,variant=B0,
+    arg: ``model=nf|he|bn|skipinit|fixup|nf_regnet|bn_regnet,depth=N,variant=B0,
       activation=NAME,width=W,regularized,smoke``.
     recipe: the dataset's data and training settings.
 
@@ -77,8 +77,8 @@ def build_config(arg: str | None, recipe: SmallImageRecipe) -> ml_collections.Co
   config.train.update(dict(recipe.train))
   config.optimizer.base_lr = recipe.base_lr
   config.optimizer.warmup_epochs = recipe.warmup_epochs
-  if a["model"] == "nf_regnet":
-    config.model_name = "nf_regnet"
+  if a["model"] in config_args.REGNET_MODELS:
+    config.model_name = config_args.MODEL_NAMES[a["model"]]
     dropout = config_args.REGULARIZED_DROPOUT if a["regularized"] else 0.0
     config.model = ml_collections.ConfigDict(
       {"variant": a["variant"], "width": a["width"], "dropout_rate": dropout}

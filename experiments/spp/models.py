@@ -245,8 +245,9 @@ def load_checkpoint(workdir: str) -> TrainedRun:
   """Loads a training workdir for ``--checkpoint``.
 
   Raises:
-    UsageError: missing folder, no config or checkpoint, or a model name this
-      process does not know.
+    UsageError: missing folder, no config, no readable checkpoint (none, or
+      all corrupt: ``checkpoint.CheckpointReadError``, a FileNotFoundError), or
+      a model name this process does not know.
   """
   from experiments import checkpoint
   from experiments.configs import ConfigError

@@ -88,6 +88,7 @@ MODEL_NAMES = {
   "skipinit": "SkipInit",
   "fixup": "Fixup",
   "nf_regnet": "NF-RegNet",
+  "bn_regnet": "BN-RegNet",
 }
 WS_FIELD = "model.weight_standardization"
 WS_NAMES = {False: "NF (He init, no WS)", None: "NF (Scaled WS)", True: "NF (Scaled WS)"}

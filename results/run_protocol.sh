@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs one study of the reproduction protocol (docs/reproducing.md) end to end, resuming where
+# it stopped: the tuning sweep and `tune` until no cell's best rate is at a grid edge, the seeds
+# sweep, the report and its check.
+# Usage (from the repository root): NFRESNET_DATA_DIR=../shared/data bash results/run_protocol.sh STUDY
+# STUDY: table1, table2 (after table1), meanshift, activation (Fashion-MNIST) or regnet (CIFAR-10).
+set -euo pipefail
+study=${1:?usage: bash results/run_protocol.sh table1|table2|meanshift|activation|regnet}
+PY=${PYTHON:-python}
+CFG=experiments/configs/fashion_mnist.py
+case $study in
+  table1) rows=(--rows=model.depth,model.dropout_rate --cols=model_name) ;;
+  table2) rows=(--rows=train.batch_size --cols=model_name) ;;
+  meanshift) rows=(--rows=model_name,model.weight_standardization,model.scale_activations) ;;
+  activation) rows=(--rows=model.activation,model.scale_activations) ;;
+  regnet) rows=(--rows=model_name); CFG=experiments/configs/cifar10.py ;;
+  *) echo "error: unknown study '$study'; allowed: table1, table2, meanshift, activation, regnet" >&2; exit 2 ;;
+esac
+if [ "$study" != table2 ]; then
+  for round in 1 2 3; do  # The grid, then at most two rates beyond an edge.
+    $PY -m experiments.studies.sweep --config="$CFG:${study}_tune" --workdir="results/$study/tuning"
+    out=$($PY -m experiments.studies.tune "results/$study/tuning" --out="results/$study")
+    echo "$out"
+    grep -q "grid edge" <<<"$out" || break
+    [ "$round" -lt 3 ] || { echo "error: $study: best rate still at a grid edge" >&2; exit 1; }
+  done
+fi
+$PY -m experiments.studies.sweep --config="$CFG:$study" --workdir="results/$study/runs"
+$PY -m experiments.studies.report "results/$study/runs" "${rows[@]}" --out="results/$study"
+$PY -m experiments.studies.report --check "results/$study"
