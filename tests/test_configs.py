@@ -276,3 +276,20 @@ def test_protocol_tuning_grid_and_seed_sweeps_read_tuning_csv(tmp_path, monkeypa
     for m in ("nf", "bn")
     for s in range(3)
   }
+
+
+def test_regnet_protocol_compares_the_two_regnets_on_the_cifar_subset(tmp_path, monkeypatch):
+  from experiments.configs import cifar10, small_images
+
+  monkeypatch.setattr(small_images, "RESULTS_DIR", tmp_path)
+  grid = cifar10.get_sweep("regnet_tune")
+  assert [e.name for e in grid] == [
+    f"{m}_regnet_b0_lr{lr}" for m in ("nf", "bn") for lr in ("0.05", "0.1", "0.2")
+  ]
+  configs = [cifar10.get_config(e.arg) for e in grid[::3]]
+  assert [c.model_name for c in configs] == ["nf_regnet", "bn_regnet"]
+  assert {(c.model.variant, c.model.width, c.data.image_size) for c in configs} == {
+    ("B0", 0.25, 32)
+  }
+  assert all(e.overrides["data.validation_examples"] == 500 for e in grid)
+  assert all(e.overrides["train.num_epochs"] == 30.0 for e in grid)

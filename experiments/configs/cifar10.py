@@ -29,7 +29,13 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.configs import sweeps
-from experiments.configs.small_images import SmallImageRecipe, build_config, cpu_sweep
+from experiments.configs.small_images import (
+  Protocol,
+  SmallImageRecipe,
+  build_config,
+  cpu_sweep,
+  protocol_sweep,
+)
 
 RECIPE = SmallImageRecipe(
   what="cifar10",
@@ -49,6 +55,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return build_config(arg, RECIPE)
 
 
+PROTOCOL = Protocol(
+  overrides={
+    "data.validation_examples": 500,
+    "train.num_epochs": 30.0,
+    "train.eval_every_epochs": 1.5,
+    "train.checkpoint_every": 100,
+    "train.log_every": 10,
+    "optimizer.warmup_fraction": 5 / 90,  # The paper's 5 of 90 epochs.
+    "optimizer.base_lr": 0.1,
+  }
+)
+"""The reproduction protocol on the CIFAR-10 subset (docs/reproducing.md): 500 of the 4,000
+training images held out for validation, 30 epochs (810 steps of batch 128), validation every
+1.5 epochs."""
+PROTOCOL_SWEEPS = ("regnet_tune", "regnet")
+
+
 def get_sweep(arg: str | None = None) -> list[sweeps.SweepEntry]:
-  """CPU-scale sweeps (same names as imagenet.py)."""
+  """The protocol's ``regnet`` study (``regnet_tune``: the learning-rate grid; ``regnet``: the
+  seeds at the chosen rates) and the CPU-scale sweeps (same names as imagenet.py)."""
+  if arg in PROTOCOL_SWEEPS:
+    return protocol_sweep(arg, RECIPE.what, PROTOCOL)
   return cpu_sweep(arg, RECIPE.what)

@@ -133,6 +133,7 @@ class Protocol:
     depths: the two depths of Table 1 (basic and bottleneck blocks).
     meanshift: ``(depth, width)`` of the mean-shift study's networks.
     batch_sizes: Table 2's batch sizes.
+    regnet: ``(variant, width)`` of the NF-RegNet vs BN-RegNet study.
   """
 
   overrides: Mapping[str, Any]
@@ -141,6 +142,7 @@ class Protocol:
   depths: tuple[int, ...] = (18, 26)
   meanshift: tuple[int, float] = (MEANSHIFT_DEPTH, 0.125)
   batch_sizes: tuple[int, ...] = (1024, 512, 256, 128, 64, 32, 16, 8, 4)
+  regnet: tuple[str, float] = ("B0", 0.25)
 
 
 def protocol_cells(study: str, protocol: Protocol) -> list[sweeps.SweepEntry]:
@@ -158,8 +160,18 @@ def protocol_cells(study: str, protocol: Protocol) -> list[sweeps.SweepEntry]:
   elif study == "activation":
     entries = sweeps.activation_sweep(18)
     entries.append(sweeps.SweepEntry("nf18_relu_nogamma", "model=nf,depth=18", no_gamma))
+  elif study == "regnet":
+    variant, width = protocol.regnet
+    entries = [
+      sweeps.SweepEntry(
+        f"{model}_{variant.lower()}", f"model={model},variant={variant},width={width}"
+      )
+      for model in config_args.REGNET_MODELS
+    ]
   else:
-    raise ConfigError(f"unknown protocol study {study!r}; allowed: table1, meanshift, activation")
+    raise ConfigError(
+      f"unknown protocol study {study!r}; allowed: table1, meanshift, activation, regnet"
+    )
   return [
     dataclasses.replace(cell, overrides={**protocol.overrides, **cell.overrides})
     for cell in sweeps.cells(entries)
