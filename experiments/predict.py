@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import nfresnet
-from experiments import cli, models
+from experiments import cli, models, schema
 from experiments.configs import ConfigError
 from nfresnet import weights as nf_weights
 
@@ -82,6 +82,9 @@ def parse_model(spec: str) -> tuple[str, dict[str, Any]]:
       kwargs[key] = parse_value(text, fields[key].default)
     except ValueError as error:
       raise UsageError(f"--model={spec}: option {key!r} {error}") from None
+    message = schema.model_kwarg_error(name, key, kwargs[key])
+    if message:
+      raise UsageError(f"--model={spec}: {message}")
   if models.uses_batch_norm(name):
     raise UsageError(f"model {name!r} has BatchNorm statistics; predict takes NF models only")
   return name, kwargs

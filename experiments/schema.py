@@ -309,14 +309,27 @@ def check_section(
 _MISSING = object()
 
 
+def model_kwarg_error(model_name: str, key: str, value: Any) -> str | None:
+  """``key=value is not allowed: ...`` when model argument ``key`` refuses ``value``, else None.
+
+  Shared by the config check and the command lines that take ``name:key=value`` models.
+  """
+  if key == "variant":
+    spec = Field(str, choices=model_variants(model_name))
+  else:
+    spec = MODEL_FIELDS.get(key)
+  if spec is None or spec.accepts(value):
+    return None
+  return f"{key}={value!r} is not allowed: {spec.describe()}"
+
+
 def check_model(config: ml_collections.ConfigDict) -> None:
   """``model_name`` and the known fields of ``config.model`` (unknown ones: the builder)."""
   check("model_name", config.model_name, Field(str, choices=_model_names))
   for key, value in config.model.items():
-    if key == "variant":
-      check("model.variant", value, Field(str, choices=model_variants(config.model_name)))
-    elif key in MODEL_FIELDS:
-      check(f"model.{key}", value, MODEL_FIELDS[key])
+    message = model_kwarg_error(config.model_name, key, value)
+    if message:
+      raise ConfigError(f"model.{message}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -4,7 +4,7 @@
 # Usage (from the repository root, after the run_*.sh scripts): bash results/make_reports.sh
 set -eu
 PY=${PYTHON:-python}
-REPORT="$PY -m experiments.studies.report"
+REPORT="$PY -m experiments.studies.report --force"
 MEANSHIFT_ROWS=--rows=model_name,model.weight_standardization
 $REPORT results/quickstart/runs --rows=model_name --out=results/quickstart
 $REPORT results/table1/runs --rows=model.depth --cols=model_name --out=results/table1

@@ -26,5 +26,5 @@ if [ "$study" != table2 ]; then
   done
 fi
 $PY -m experiments.studies.sweep --config="$CFG:$study" --workdir="results/$study/runs"
-$PY -m experiments.studies.report "results/$study/runs" "${rows[@]}" --out="results/$study"
+$PY -m experiments.studies.report --force "results/$study/runs" "${rows[@]}" --out="results/$study"
 $PY -m experiments.studies.report --check "results/$study"

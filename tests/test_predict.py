@@ -59,6 +59,12 @@ def test_prints_top5_of_the_frozen_model(files, capsys):
     (TINY_F0, "missing.png", "error: no such image: missing.png"),
     ("nfnetx", None, "error: unknown model_name 'nfnetx'; allowed: "),
     ("nfnet:depth=50", None, "error: model 'nfnet' has no option 'depth'; allowed: variant,"),
+    ("nfnet:variant=F9", None, "error: --model=nfnet:variant=F9: variant='F9' is not allowed"),
+    (
+      "nfnet:width=-1",
+      None,
+      "error: --model=nfnet:width=-1: width=-1 is not allowed: a number > 0",
+    ),
     (
       "nfnet:variant=F0,width=0.125,group_width=8",
       None,

@@ -152,3 +152,17 @@ def test_a_run_without_its_completion_marker_is_not_counted(root):
   assert runs["nf26_seed0"].final["eval"]["accuracy"] == 0.95
   assert report.math.isnan(runs["nf26_seed0"].value("eval/accuracy"))
   assert runs["nf18_seed0"].complete
+
+
+def test_a_report_with_other_arguments_is_not_replaced_without_force(root, tmp_path):
+  out = tmp_path / "study"
+  report.write_report(root, rows=["model.depth"], cols=["model_name"], out=out, force=False)
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  report.write_report(root, rows=["model.depth"], cols=["model_name"], out=out, force=False)
+  with pytest.raises(
+    report.ReportError, match=r"holds a report with rows=\['model.depth'\].*--force"
+  ):
+    report.write_report(root, rows=["model_name"], out=out, force=False)
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+  report.write_report(root, rows=["model_name"], out=out, force=True)
+  assert json.loads((out / "report.json").read_text())["rows"] == ["model_name"]

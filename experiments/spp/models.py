@@ -181,9 +181,9 @@ def parse_model_spec(spec: str, label: str | None = None) -> ModelChoice:
     if key not in allowed:
       raise UsageError(f"model {name!r} has no option {key!r}; allowed: {', '.join(allowed)}")
     kwargs[key] = _typed(key, parse_value(value), allowed[key].default, spec)
-    field = schema.MODEL_FIELDS.get(key)
-    if field is not None and not field.accepts(kwargs[key]):
-      raise UsageError(f"--models={spec}: {key}={kwargs[key]!r} is not allowed: {field.describe()}")
+    message = schema.model_kwarg_error(name, key, kwargs[key])
+    if message:
+      raise UsageError(f"--models={spec}: {message}")
   choice = ModelChoice(label or spec, spec, name, kwargs)
   try:  # Constructors validate depth, order, stem and activation names.
     hk.transform(lambda: entry.constructor(NUM_CLASSES, **kwargs)).init(None)

@@ -57,6 +57,7 @@ ROWS = flags.DEFINE_list("rows", [], "Config fields of the table rows (default: 
 COLS = flags.DEFINE_list("cols", [], "Config fields of the table columns (default: none).")
 OUT = flags.DEFINE_string("out", None, "Output directory (default: ROOT).")
 CHECK = flags.DEFINE_bool("check", False, "Recompute the report in DIR and compare (exit 1).")
+FORCE = flags.DEFINE_bool("force", False, "Replace a report written with other arguments.")
 ARGS_FILE = "report.json"
 CHECKED_FILES = ("report.md", "report.csv")
 CONVERGED_GAIN = 0.003  # Validation accuracy gain over the last fifth: < 0.3 points.
@@ -395,6 +396,7 @@ def write_report(
   cols: Sequence[str] = (),
   out: str | pathlib.Path | None = None,
   plot: bool = True,
+  force: bool = True,
 ) -> list[Group]:
   """Collects, aggregates and writes report.md, report.csv, report.png and report.json.
 
@@ -405,12 +407,14 @@ def write_report(
     cols: column fields.
     out: output directory (default ``root``).
     plot: also draw report.png.
+    force: replace a report in ``out`` written with other arguments (other root, metric,
+      rows or columns); otherwise that is a ReportError and nothing is written.
 
   Returns:
     The groups (one per table cell).
 
   Raises:
-    ReportError: no runs, unknown field or metric.
+    ReportError: no runs, unknown field or metric, or another report in ``out``.
   """
   runs = collect_runs(root)
   check_metric(runs, metric)
@@ -418,15 +422,32 @@ def write_report(
   rows = list(rows) or default_rows(runs, cols)
   groups = aggregate(runs, metric, rows, cols)
   out = pathlib.Path(out or root)
+  args = {"root": str(root), "metric": metric, "rows": list(rows), "cols": list(cols)}
+  if not force:
+    check_replaces_same_report(out, args)
   out.mkdir(parents=True, exist_ok=True)
   text = markdown(runs, groups, metric, rows, cols, str(root), failed_without_metrics(root))
   (out / "report.md").write_text(text)
   write_csv(out / "report.csv", groups, rows, cols)
   if plot:
     plot_groups(out / "report.png", groups, metric, rows, cols)
-  args = {"root": str(root), "metric": metric, "rows": list(rows), "cols": list(cols)}
   (out / ARGS_FILE).write_text(json.dumps(args, indent=2) + "\n")
   return groups
+
+
+def check_replaces_same_report(out: pathlib.Path, args: dict[str, Any]) -> None:
+  """ReportError when ``out`` holds a report written with other arguments than ``args``."""
+  path = out / ARGS_FILE
+  if not path.is_file():
+    if (out / "report.md").exists():
+      raise ReportError(
+        f"{out / 'report.md'} exists without {ARGS_FILE}; pass --force to replace it"
+      )
+    return
+  held = read_json(path)
+  if held != args:
+    shown = ", ".join(f"{k}={held.get(k)!r}" for k in args if held.get(k) != args[k])
+    raise ReportError(f"{out} holds a report with {shown}; pass --force to replace it")
 
 
 def check_report(directory: str | pathlib.Path) -> int:
@@ -469,7 +490,9 @@ def main(argv: list[str]) -> int:
     print(f"report: {argv[1]} matches its runs ({checked} files)")
     return 0
   try:
-    groups = write_report(argv[1], METRIC.value, ROWS.value, COLS.value, OUT.value)
+    groups = write_report(
+      argv[1], METRIC.value, ROWS.value, COLS.value, OUT.value, force=FORCE.value
+    )
   except ReportError as error:
     return fail(str(error))
   print(f"report: {len(groups)} groups -> {pathlib.Path(OUT.value or argv[1]) / 'report.md'}")
