@@ -45,7 +45,8 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
 
   Raises:
     ConfigError: a field whose value is not allowed (named with the value and what is
-      allowed), or a training batch size that is not a multiple of ``device_count``.
+      allowed), a training batch size that is not a multiple of ``device_count``, or
+      ``train.grad_accum_steps`` that does not divide the per-device batch.
   """
   schema.validate(config)
   size = config.train.batch_size
@@ -53,6 +54,19 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
     raise ConfigError(
       f"train.batch_size={size} is not allowed: a multiple of the device count {device_count}"
     )
+  accum = grad_accum_steps(config)
+  per_device = size // device_count
+  if per_device % accum:
+    devices = f"{device_count} device{'s' if device_count != 1 else ''}"
+    raise ConfigError(
+      f"train.grad_accum_steps={accum} is not allowed: a divisor of the per-device batch "
+      f"{per_device} (train.batch_size={size} over {devices})"
+    )
+
+
+def grad_accum_steps(config: ml_collections.ConfigDict) -> int:
+  """``train.grad_accum_steps`` (1 for configs written before the field existed)."""
+  return config.train.get("grad_accum_steps", 1)
 
 
 def check_data_size(config: ml_collections.ConfigDict, num_train_examples: int) -> None:
@@ -193,6 +207,7 @@ def build(
     compute_dtype=dtype,
     ema_decay=config.train.ema_decay,
     ema_warmup=config.train.ema_warmup,
+    grad_accum_steps=grad_accum_steps(config),
   )
   return Experiment(
     config=config,

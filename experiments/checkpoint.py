@@ -9,19 +9,29 @@ killed mid-save leaves the previous checkpoints intact; a new ``Checkpointer``
 removes such leftover temporary folders, and a save that fails (disk full, I/O
 error) removes its own and raises ``CheckpointWriteError``.
 
-After each save, process 0 writes ``<step>/sha256_manifest.json``: the SHA-256
-digest of every other file of the checkpoint (orbax ignores the extra file and
-deletes it with the step). Restoring verifies it first; checkpoints without one
-(older runs) are restored unverified. A checkpoint that fails verification,
-whose metadata cannot be read, or that orbax cannot restore is unreadable: one
-warning line (its path and the reason) and the previous one is tried. A
-resuming run moves unreadable checkpoints to ``WORKDIR/unreadable_checkpoints/``
-(never deletes them); ``load_trained`` only skips them.
+Saves are asynchronous: ``save`` copies the state to host memory, starts
+orbax's write and returns, so training goes on while the files are written;
+``wait`` blocks until the write is complete (``save`` waits for the previous
+one first, ``poll`` finishes a write that is already done, ``close`` waits
+too). A failure that surfaces while waiting is reported like one during the
+save itself (``CheckpointWriteError``, the partial files removed).
+
+Once a save is complete (in ``wait``), process 0 writes
+``<step>/sha256_manifest.json``: the SHA-256 digest of every other file of the
+checkpoint (orbax ignores the extra file and deletes it with the step).
+Restoring verifies it first; checkpoints without one (older runs, or a process
+killed between the end of a save and the next wait or poll) are restored
+unverified. A checkpoint that fails verification, whose metadata cannot be
+read, or that orbax cannot restore is unreadable: one warning line (its path
+and the reason) and the previous one is tried. A resuming run moves unreadable
+checkpoints to ``WORKDIR/unreadable_checkpoints/`` (never deletes them);
+``load_trained`` only skips them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -34,6 +44,7 @@ from typing import Any, NamedTuple
 import haiku as hk
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
@@ -80,7 +91,7 @@ class Checkpointer:
     self.identity = json.loads(json.dumps(dict(identity)))  # Normalized as JSON reads it back.
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,
-      enable_async_checkpointing=False,
+      enable_async_checkpointing=True,  # Training goes on while a save is written.
       create=True,
       cleanup_tmp_directories=True,  # Unfinished saves of a killed process.
     )
@@ -95,6 +106,7 @@ class Checkpointer:
         wait_for_cleanup()
     self._unreadable: dict[int, str] = {}  # Step -> reason (warned once).
     self._verified: set[int] = set()
+    self._pending: _PendingSave | None = None  # The save being written, if any.
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -118,46 +130,96 @@ class Checkpointer:
         self._check_meta(restored.meta)
         return
 
-  def save(self, state: TrainState) -> None:
-    """Saves ``state`` at its step (all processes must call this), then its manifest.
+  def save(self, state: TrainState, wait: bool = True) -> None:
+    """Saves ``state`` at its step (all processes must call this).
 
-    The state is replicated, so its host copy is saved; this skips orbax's
-    per-replica slicing of device arrays, which compiles a slice program per
-    parameter shape (seconds on the first save). Restoring puts it back on the
-    mesh with the shardings of ``restore_latest``'s ``abstract_state``.
+    Waits for the previous save first (``wait``). The state is replicated, so a
+    host copy of it is saved; this skips orbax's per-replica slicing of device
+    arrays, which compiles a slice program per parameter shape (seconds on the
+    first save), and leaves the device buffers free for the next step while the
+    files are written. Restoring puts it back on the mesh with the shardings of
+    ``restore_latest``'s ``abstract_state``.
+
+    Args:
+      state: the TrainState to save.
+      wait: block until the checkpoint and its manifest are written; with
+        False, the write goes on in the background until ``wait``, ``poll``,
+        the next ``save`` or ``close`` finds it complete.
 
     Raises:
-      CheckpointWriteError: the checkpoint could not be written (e.g. disk
-        full); its partial files are removed and earlier checkpoints are kept.
+      CheckpointWriteError: this checkpoint or the previous one could not be
+        written (e.g. disk full); its partial files are removed and earlier
+        checkpoints are kept.
     """
-    state = steps.fetch(state)
-    step = int(state.step)
+    self.wait()
+    host = jax.tree.map(np.array, steps.fetch(state))  # A copy: the step donates its input.
+    step = int(host.step)
     meta = dict(self.identity, step=step)
-    step_dir = self.directory / str(step)
-    existed = step_dir.exists()  # Orbax refuses to overwrite it: keep it then.
+    existed = (self.directory / str(step)).exists()  # Orbax refuses to overwrite it: keep it.
+    quiet = contextlib.ExitStack()  # Open until the write is waited for.
+    quiet.enter_context(quiet_orbax())
+    self._pending = _PendingSave(step, existed, quiet)
     try:
-      with quiet_orbax():
+      with quiet:  # Closed (and the pending save failed) only if the save raises.
         self.manager.save(
           step,
-          args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+          args=ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)),
           force=True,
         )
+        self._pending.quiet = quiet.pop_all()
+    except Exception as error:
+      self._pending = None
+      self._raise_write_error(step, existed, error)
+    if wait:
+      self.wait()
+
+  @property
+  def pending_step(self) -> int | None:
+    """The step of the save being written in the background, or None."""
+    return None if self._pending is None else self._pending.step
+
+  def wait(self) -> None:
+    """Blocks until the pending save (if any) is written, then writes its manifest.
+
+    Raises:
+      CheckpointWriteError: the checkpoint could not be written; its partial
+        files are removed and earlier checkpoints are kept.
+    """
+    pending, self._pending = self._pending, None
+    if pending is None:
+      return
+    step_dir = self.directory / str(pending.step)
+    try:
+      with pending.quiet:
         self.manager.wait_until_finished()
       if jax.process_index() == 0:
         write_manifest(step_dir)
     except Exception as error:
-      self._discard_partial_save(step, remove_step_dir=not existed)
-      cause = write_error_cause(error)
-      if cause is None:
-        raise
-      code, reason = cause
-      raise CheckpointWriteError(
-        f"cannot save checkpoint {step} to {self.directory}: {reason}",
-        code,
-        os.strerror(code) if code is not None else None,
-      ) from error
-    self._verified.add(step)
-    self._unreadable.pop(step, None)
+      self._raise_write_error(pending.step, pending.existed, error)
+    self._verified.add(pending.step)
+    self._unreadable.pop(pending.step, None)
+
+  def poll(self) -> None:
+    """Finishes (manifest included) a background save that is already complete; never blocks.
+
+    Raises:
+      CheckpointWriteError: as ``wait``.
+    """
+    if self._pending is not None and not self.manager.is_saving_in_progress():
+      self.wait()
+
+  def _raise_write_error(self, step: int, existed: bool, error: Exception) -> None:
+    """Removes what the failed save of ``step`` left, then raises its CheckpointWriteError."""
+    self._discard_partial_save(step, remove_step_dir=not existed)
+    cause = write_error_cause(error)
+    if cause is None:
+      raise error
+    code, reason = cause
+    raise CheckpointWriteError(
+      f"cannot save checkpoint {step} to {self.directory}: {reason}",
+      code,
+      os.strerror(code) if code is not None else None,
+    ) from error
 
   def restore_latest(self, abstract_state: Any) -> Any | None:
     """The newest checkpoint that verifies, restores and is this model, or None if none exist.
@@ -212,7 +274,12 @@ class Checkpointer:
         self._verified.discard(step)
 
   def close(self) -> None:
-    self.manager.close()
+    """Waits for the pending save (``wait``: it may raise), then closes the manager."""
+    try:
+      self.wait()
+    finally:
+      with quiet_orbax():
+        self.manager.close()
 
   def _read(self, step: int, **items: Any) -> Any | None:
     """The verified, restored ``items`` of ``step``, or None (one warning) if unreadable."""
@@ -264,6 +331,15 @@ class Checkpointer:
     with contextlib.suppress(Exception), quiet_orbax(replay=False):
       self.manager.reload()
     self._verified.discard(step)
+
+
+@dataclasses.dataclass
+class _PendingSave:
+  """A save still being written: its step, whether the step folder existed, its quiet block."""
+
+  step: int
+  existed: bool
+  quiet: contextlib.ExitStack
 
 
 def restore_items(

@@ -24,6 +24,8 @@ ModelConstructor = Callable[..., hk.Module]
 
 NOT_CONFIGURABLE = ("self", "num_classes", "name")
 """Constructor arguments a config does not set (the dataset gives ``num_classes``)."""
+NOT_IDENTITY = ("remat",)
+"""Constructor arguments that do not change the parameters (a checkpoint restores either way)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,4 +196,5 @@ def build_model(
 def model_identity(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
   """What a checkpoint must match to be restored into this model (JSON-serializable)."""
   kwargs = model_kwargs(config, num_classes)
-  return {"model_name": config.model_name, "model": {k: kwargs[k] for k in sorted(kwargs)}}
+  kept = sorted(k for k in kwargs if k not in NOT_IDENTITY)
+  return {"model_name": config.model_name, "model": {k: kwargs[k] for k in kept}}

@@ -169,6 +169,7 @@ DATA_FIELDS: Mapping[str, Field] = {
   "mixup_alpha": non_negative(float),
   "cutmix_alpha": non_negative(float),
   "worker_threads": non_negative(),
+  "worker_processes": non_negative(note="0: batches built in this process"),
   "prefetch_batches": non_negative(),
   "synthetic.num_train": positive(),
   "synthetic.num_test": positive(),
@@ -186,6 +187,7 @@ TRAIN_FIELDS: Mapping[str, Field] = {
   "eval_every": non_negative(note="0: only at the end"),
   "eval_every_epochs": positive(float, optional=True),
   "checkpoint_every": non_negative(note="0: only at the end"),
+  "checkpoint_every_minutes": non_negative(float, note="0: off"),
   "keep_checkpoints": positive(note="the final checkpoint is always kept"),
   "log_every": non_negative(note="0: only the last step"),
   "seed": Field(int),
@@ -196,6 +198,7 @@ TRAIN_FIELDS: Mapping[str, Field] = {
   "cross_replica_bn": Field(bool),
   "distributed": Field(bool),
   "progress_bar": Field(bool),
+  "grad_accum_steps": positive(note="micro-batches per device batch, a divisor of it"),
 }
 
 OPTIMIZER_FIELDS: Mapping[str, Field] = {
@@ -258,6 +261,7 @@ MODEL_FIELDS: Mapping[str, Field] = {
   "rescale_stochdepth": Field(bool),
   "avg_down": Field(bool),
   "stack_blocks": Field(bool),
+  "remat": Field(bool),
   "order": Field(str, choices=("bn_relu", "relu_bn")),
   "bn_decay": fraction(),
   "conv_init": Field(str, choices=_conv_inits),

@@ -5,10 +5,20 @@ split over the ``data`` axis (``P("data")``), each device runs the same program
 on its shard and gradients, metrics and BatchNorm statistics are averaged with
 explicit ``pmean``. ``check_vma=False`` keeps per-device gradients per device
 (with it on, JAX would already sum gradients of replicated parameters).
+
+Gradient accumulation (``train.grad_accum_steps = k``) splits each device's batch
+into ``k`` equal micro-batches and runs forward and backward on them one after
+another (a ``jax.lax.scan``), so activation memory is that of one micro-batch. The
+mean of the ``k`` micro-batch gradients (each the mean over its micro-batch) is the
+gradient of the whole batch; it is averaged over devices and applied in one
+optimizer update, exactly as without accumulation. BatchNorm statistics are threaded
+through the micro-batches in order, so a BN model normalizes each micro-batch with
+its own statistics and updates its moving averages ``k`` times per step.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +33,8 @@ from experiments import optim
 from experiments.train_state import TrainState, step_key
 
 AXIS = "data"
+GRADIENT_MEAN = "gradient_mean"  # Named scopes of the step's collectives (benchmarks.collectives).
+METRICS_MEAN = "metrics_mean"
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
@@ -102,6 +114,23 @@ def mean_over_devices(x: jax.Array) -> jax.Array:
   return jax.lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
 
+def micro_batches(batch: Batch, num: int) -> Batch:
+  """Splits every ``[B, ...]`` leaf of ``batch`` into ``[num, B // num, ...]`` (in order).
+
+  Micro-batch ``i`` holds examples ``i * B // num`` to ``(i + 1) * B // num - 1``.
+
+  Raises:
+    ValueError: ``B`` is not a multiple of ``num``.
+  """
+
+  def split(x: jax.Array) -> jax.Array:
+    if x.shape[0] % num:
+      raise ValueError(f"a batch of {x.shape[0]} does not split into {num} micro-batches")
+    return x.reshape(num, x.shape[0] // num, *x.shape[1:])
+
+  return jax.tree.map(split, batch)
+
+
 def train_step_body(
   model: hk.TransformedWithState,
   optimizer: optax.GradientTransformation,
@@ -111,30 +140,83 @@ def train_step_body(
   compute_dtype: jnp.dtype,
   ema_decay: float,
   ema_warmup: bool = True,
+  grad_accum_steps: int = 1,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """The per-device training program (runs inside ``shard_map`` over ``data``).
+
+  Args:
+    model: the transformed model.
+    optimizer: the optax chain.
+    lr_fn: the learning-rate schedule (reported in the metrics).
+    label_smoothing: label-smoothing epsilon of the loss.
+    compute_dtype: dtype the images (and so the activations) are cast to.
+    ema_decay: EMA decay of the parameters; 0 keeps no EMA.
+    ema_warmup: the reference's EMA warm-up (``ema_decay_at``).
+    grad_accum_steps: micro-batches per device batch, which must divide it. The
+      gradient is the mean of the micro-batch gradients, the loss and accuracy the
+      mean of theirs; the micro-batch random keys fold in the micro-batch index.
+      1 runs the whole device batch at once.
 
   Returns:
     ``body(state, batch) -> (state, metrics)``; gradients, metrics and model
     state (BN statistics) are ``pmean``-ed over the ``data`` axis.
+
+  Raises:
+    ValueError: ``grad_accum_steps`` is not a positive integer.
   """
+  if isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int):
+    raise ValueError(f"grad_accum_steps={grad_accum_steps!r} is not an integer >= 1")
+  if grad_accum_steps < 1:
+    raise ValueError(f"grad_accum_steps={grad_accum_steps!r} is not an integer >= 1")
+
+  def gradients(params, model_state, images, labels, key):
+    """Mean-loss gradient of one (micro-)batch, the new model state and its metrics."""
+
+    def loss_fn(p):
+      logits, new_state = model.apply(p, model_state, key, images, is_training=True)
+      loss = jnp.mean(cross_entropy(logits, labels, label_smoothing))
+      return loss, (logits, new_state)
+
+    (loss, (logits, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    correct = jnp.argmax(logits, axis=-1) == hard_labels(labels)
+    return grads, new_state, {"loss": loss, "accuracy": jnp.mean(correct.astype(jnp.float32))}
+
+  def accumulated(params, model_state, images, labels, key):
+    """``gradients`` averaged over ``grad_accum_steps`` micro-batches, run in sequence."""
+    micro = micro_batches({"image": images, "label": labels}, grad_accum_steps)
+
+    def one(carry, scanned):
+      grad_sum, state_in, metric_sum = carry
+      index, batch = scanned
+      micro_key = jax.random.fold_in(key, index)
+      grads, state_out, metrics = gradients(
+        params, state_in, batch["image"], batch["label"], micro_key
+      )
+      add = functools.partial(jax.tree.map, jnp.add)
+      return (add(grad_sum, grads), state_out, add(metric_sum, metrics)), None
+
+    zeros = functools.partial(jax.tree.map, jnp.zeros_like)
+    metric_zeros = {"loss": jnp.zeros((), jnp.float32), "accuracy": jnp.zeros((), jnp.float32)}
+    init = (zeros(params), model_state, metric_zeros)
+    indices = jnp.arange(grad_accum_steps)
+    (grad_sum, model_state, metric_sum), _ = jax.lax.scan(one, init, (indices, micro))
+    scale = 1.0 / grad_accum_steps
+    grads = jax.tree.map(lambda g: (g * scale).astype(g.dtype), grad_sum)
+    return grads, model_state, jax.tree.map(lambda m: m * scale, metric_sum)
 
   def body(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     key = jax.random.fold_in(step_key(state), jax.lax.axis_index(AXIS))
     images = batch["image"].astype(compute_dtype)
-
-    def loss_fn(params):
-      logits, model_state = model.apply(params, state.model_state, key, images, is_training=True)
-      loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
-      return loss, (logits, model_state)
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (logits, model_state)), grads = grad_fn(state.params)
-    grads = jax.lax.pmean(grads, AXIS)
+    compute = gradients if grad_accum_steps == 1 else accumulated
+    grads, model_state, metrics = compute(
+      state.params, state.model_state, images, batch["label"], key
+    )
+    with jax.named_scope(GRADIENT_MEAN):
+      grads = jax.lax.pmean(grads, AXIS)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    correct = jnp.argmax(logits, axis=-1) == hard_labels(batch["label"])
-    metrics = jax.lax.pmean({"loss": loss, "accuracy": jnp.mean(correct.astype(jnp.float32))}, AXIS)
+    with jax.named_scope(METRICS_MEAN):
+      metrics = jax.lax.pmean(metrics, AXIS)
     metrics.update(
       learning_rate=jnp.asarray(lr_fn(state.step), jnp.float32),
       grad_norm=optim.global_norm(grads),

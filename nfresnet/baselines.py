@@ -15,7 +15,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from nfresnet.blocks import ResidualBlock, stochastic_depth
+from nfresnet.blocks import ResidualBlock, call_block, stochastic_depth
 from nfresnet.layout import BOTTLENECK_EXPANSION, STEMS, BlockSpec, check_choice, resnet_specs
 from nfresnet.nf_resnet import NFResNet, classifier_head, resnet_stem
 from nfresnet.ws_conv import CONV_INITS, HAIKU_DEFAULT, Conv2D
@@ -120,6 +120,8 @@ class ResNetV2(hk.Module):
     stem: one of ``nfresnet.layout.STEMS`` (see ``resnet_stem``).
     conv_init: kernel init of every conv: "haiku" (the reference's) or "he".
     dropout_rate: dropout before the classifier (training only).
+    remat: recompute each block's activations in the backward pass
+      (``nfresnet.blocks.call_block``); same parameters, state and numerics.
     name: module name.
   """
 
@@ -135,6 +137,7 @@ class ResNetV2(hk.Module):
     stem: str = "imagenet",
     conv_init: str = "haiku",
     dropout_rate: float = 0.0,
+    remat: bool = False,
     name: str | None = None,
   ):
     super().__init__(name=name or "resnet_v2")
@@ -147,12 +150,13 @@ class ResNetV2(hk.Module):
     self.dropout_rate = dropout_rate
     self.conv_init = conv_init
     self.conv = plain_conv(conv_init)
+    self.remat = remat
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     h = resnet_stem(x, self.stem, self.stem_width, self.conv)
     for spec in self.specs:
       block = BNBlock(spec, block_type=self.block_type, bn=self.bn, conv_init=self.conv_init)
-      h = block(h, is_training)
+      h = call_block(block, h, is_training, self.remat)
     h = norm_act(h, self.bn, "final_bn", is_training)
     return classifier_head(h, self.num_classes, self.dropout_rate, is_training, w_init=ZEROS)
 
@@ -174,6 +178,7 @@ class SkipInitResNet(NFResNet):
     dropout_rate: dropout before the classifier (training only).
     stochdepth_rate: final drop rate of the linear stochastic-depth schedule.
     skip_gain_init: initial value of each block's scalar skip gain.
+    remat: recompute each block's activations in the backward pass (as ``NFResNet``).
     name: module name.
   """
 
@@ -188,6 +193,7 @@ class SkipInitResNet(NFResNet):
     dropout_rate: float = 0.0,
     stochdepth_rate: float = 0.0,
     skip_gain_init: float = 0.0,
+    remat: bool = False,
     name: str | None = None,
   ):
     super().__init__(
@@ -201,6 +207,7 @@ class SkipInitResNet(NFResNet):
       dropout_rate=dropout_rate,
       stem=stem,
       weight_standardization=False,
+      remat=remat,
       name=name or "skipinit_resnet",
     )
     self.specs = [dataclasses.replace(s, beta=1.0) for s in self.specs]
@@ -294,6 +301,8 @@ class FixupResNet(hk.Module):
     dropout_rate: dropout before the classifier (training only).
     stochdepth_rate: final drop rate of the linear stochastic-depth schedule (the
       reference's default is 0.1).
+    remat: recompute each block's activations in the backward pass
+      (``nfresnet.blocks.call_block``); same parameters and numerics.
     name: module name.
   """
 
@@ -306,6 +315,7 @@ class FixupResNet(hk.Module):
     stem: str = "imagenet",
     dropout_rate: float = 0.0,
     stochdepth_rate: float = 0.0,
+    remat: bool = False,
     name: str | None = None,
   ):
     super().__init__(name=name or "fixup_resnet")
@@ -316,13 +326,15 @@ class FixupResNet(hk.Module):
     self.num_classes = num_classes
     self.stem = stem
     self.dropout_rate = dropout_rate
+    self.remat = remat
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     stem_conv = functools.partial(PlainConv, w_init=HAIKU_DEFAULT)
     h = resnet_stem(x, self.stem, self.stem_width, stem_conv)
     h = jax.nn.relu(h + _bias("stem_bias").astype(h.dtype))
     for spec in self.specs:
-      h = FixupBlock(spec, block_type=self.block_type, num_blocks=len(self.specs))(h, is_training)
+      block = FixupBlock(spec, block_type=self.block_type, num_blocks=len(self.specs))
+      h = call_block(block, h, is_training, self.remat)
     pooled = jnp.mean(h.astype(jnp.float32), axis=(1, 2))
     if is_training and self.dropout_rate > 0.0:
       pooled = hk.dropout(hk.next_rng_key(), self.dropout_rate, pooled)

@@ -113,6 +113,31 @@ class ResidualBlock(hk.Module):
     return residual
 
 
+def call_block(block: hk.Module, x: jax.Array, is_training: bool, remat: bool = False) -> jax.Array:
+  """``block(x, is_training)``, recomputing its activations in the backward pass if ``remat``.
+
+  The one place every model of the library applies its residual blocks. With
+  ``remat`` the call runs under ``hk.remat``: only the block's input is kept for
+  the backward pass and its inner activations are recomputed there, trading about
+  one more forward pass of compute for activation memory that no longer grows with
+  the block's width. Parameter names, values, random numbers and outputs are those
+  of the plain call, so checkpoints are interchangeable.
+
+  Args:
+    block: a constructed residual block (its name, and so its parameter paths, are
+      fixed when it is constructed).
+    x: the block's input.
+    is_training: forwarded to the block (static).
+    remat: rematerialize the block's activations.
+
+  Returns:
+    The block's output.
+  """
+  if not remat:
+    return block(x, is_training)
+  return hk.remat(lambda h: block(h, is_training))(x)
+
+
 class NFBlock(ResidualBlock):
   """Pre-activation normalizer-free block, base of the bottleneck and basic blocks.
 

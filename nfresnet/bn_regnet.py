@@ -35,7 +35,13 @@ import jax.numpy as jnp
 
 from nfresnet.activations import ActivationLike, get_activation
 from nfresnet.baselines import ZEROS, BNConfig, plain_conv
-from nfresnet.blocks import ResidualBlock, projection_shortcut, squeeze_excite, stochastic_depth
+from nfresnet.blocks import (
+  ResidualBlock,
+  call_block,
+  projection_shortcut,
+  squeeze_excite,
+  stochastic_depth,
+)
 from nfresnet.layout import BlockSpec
 from nfresnet.nf_regnet import NF_REGNET_VARIANTS, expanded_width, head_width, regnet_specs
 from nfresnet.nf_resnet import classifier_head
@@ -164,6 +170,8 @@ class BNRegNet(hk.Module):
       keeps per-device statistics.
     conv_init: kernel init of every conv, a key of ``nfresnet.ws_conv.CONV_INITS``
       ("he": He-normal over the fan-in).
+    remat: recompute each block's activations in the backward pass
+      (``nfresnet.blocks.call_block``); same parameters, state and numerics.
     name: module name.
   """
 
@@ -182,6 +190,7 @@ class BNRegNet(hk.Module):
     bn_decay: float = 0.9,
     cross_replica_axis: str | None = None,
     conv_init: str = "he",
+    remat: bool = False,
     name: str | None = None,
   ):
     super().__init__(name=name or "bn_regnet")
@@ -196,6 +205,7 @@ class BNRegNet(hk.Module):
     self.dropout_rate = row.dropout_rate if dropout_rate is None else dropout_rate
     self.head_width = head_width(self.specs[-1].out_channels)
     self.expansion = expansion
+    self.remat = remat
     self.bn = BNConfig(decay=bn_decay, cross_replica_axis=cross_replica_axis)
     self.conv = plain_conv(conv_init)
     self.activation = get_activation(activation)
@@ -212,7 +222,8 @@ class BNRegNet(hk.Module):
     h = self.activation(conv_bn(x, stem, self.bn, is_training))
     for spec in self.specs:
       expansion = 1.0 if spec.index == 0 else self.expansion
-      h = BNRegNetBlock(spec, expansion=expansion, **self.block_kwargs)(h, is_training)
+      block = BNRegNetBlock(spec, expansion=expansion, **self.block_kwargs)
+      h = call_block(block, h, is_training, self.remat)
     head = self.conv(self.head_width, 1, name="final_conv")
     h = self.activation(conv_bn(h, head, self.bn, is_training))
     return classifier_head(h, self.num_classes, self.dropout_rate, is_training, w_init=ZEROS)

@@ -26,7 +26,7 @@ import haiku as hk
 import jax
 
 from nfresnet.activations import ActivationLike, scaled_activation
-from nfresnet.blocks import NFBlock
+from nfresnet.blocks import NFBlock, call_block
 from nfresnet.layout import BlockSpec, block_specs, check_choice, scale_width
 from nfresnet.nf_resnet import classifier_head
 from nfresnet.ws_conv import WSConv2D
@@ -154,6 +154,8 @@ class NFRegNet(hk.Module):
     dropout_rate: dropout before the classifier; None takes the variant's.
     skip_gain_init: initial value of each block's scalar skip gain (1 for SPPs).
     reference_gammas: use the reference code's hard-coded gammas.
+    remat: recompute each block's activations in the backward pass
+      (``nfresnet.blocks.call_block``); same parameters and numerics.
     name: module name.
   """
 
@@ -172,6 +174,7 @@ class NFRegNet(hk.Module):
     dropout_rate: float | None = None,
     skip_gain_init: float = 0.0,
     reference_gammas: bool = False,
+    remat: bool = False,
     name: str | None = None,
   ):
     super().__init__(name=name or "nf_regnet")
@@ -187,6 +190,7 @@ class NFRegNet(hk.Module):
     self.head_width = head_width(self.specs[-1].out_channels)
     self.expansion = expansion
     self.group_width = group_width
+    self.remat = remat
     self.activation: Callable[[jax.Array], jax.Array] = scaled_activation(
       activation, reference=reference_gammas
     )
@@ -207,7 +211,7 @@ class NFRegNet(hk.Module):
       block = NFRegNetBlock(
         spec, expansion=expansion, group_width=self.group_width, **self.block_kwargs
       )
-      h = block(h, is_training)
+      h = call_block(block, h, is_training, self.remat)
     h = self.activation(WSConv2D(self.head_width, 1, name="final_conv")(h))
     return classifier_head(
       h, self.num_classes, self.dropout_rate, is_training, w_init=hk.initializers.Constant(0.0)

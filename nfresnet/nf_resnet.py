@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from nfresnet.activations import ActivationLike, get_activation, scaled_activation
-from nfresnet.blocks import NF_BLOCKS, ConvFactory, ResidualBlock
+from nfresnet.blocks import NF_BLOCKS, ConvFactory, ResidualBlock, call_block
 from nfresnet.layout import STEMS, check_choice, resnet_specs
 from nfresnet.stacking import stacked_blocks
 from nfresnet.ws_conv import FAN_IN_NORMAL, Conv2D, WSConv2D
@@ -84,6 +84,9 @@ class NFResNet(hk.Module):
     stack_blocks: run each stage's non-transition blocks as one scan
       (``nfresnet.stacking``): same numerics, compile time independent of
       depth, parameters ``stage{s}_blocks/...`` with a leading block axis.
+    remat: recompute each residual block's activations in the backward pass
+      (``nfresnet.blocks.call_block``): less activation memory for about one more
+      forward pass; same parameters and numerics. Works with ``stack_blocks``.
     name: module name.
   """
 
@@ -108,6 +111,7 @@ class NFResNet(hk.Module):
     avg_down: bool = False,
     block: type[ResidualBlock] | None = None,
     stack_blocks: bool = False,
+    remat: bool = False,
     name: str | None = None,
   ):
     super().__init__(name=name or "nf_resnet")
@@ -130,6 +134,7 @@ class NFResNet(hk.Module):
     self.classifier_init: hk.initializers.Initializer = CLASSIFIER_INIT
     self.block_cls = block or NF_BLOCKS[block_type]
     self.stack_blocks = stack_blocks
+    self.remat = remat
     self.block_kwargs = dict(
       activation=self.activation,
       alpha=alpha,
@@ -145,10 +150,10 @@ class NFResNet(hk.Module):
     h = resnet_stem(x, self.stem, self.stem_width, self.stem_conv)
     make_block = functools.partial(self.block_cls, **self.block_kwargs)
     if self.stack_blocks:
-      h = stacked_blocks(make_block, self.specs, h, is_training)
+      h = stacked_blocks(make_block, self.specs, h, is_training, remat=self.remat)
     else:
       for spec in self.specs:
-        h = make_block(spec)(h, is_training)
+        h = call_block(make_block(spec), h, is_training, self.remat)
     h = self.activation(h)
     return classifier_head(
       h, self.num_classes, self.dropout_rate, is_training, self.classifier_init

@@ -31,7 +31,7 @@ import haiku as hk
 import jax
 
 from nfresnet.activations import ActivationLike, scaled_activation
-from nfresnet.blocks import NFBlock
+from nfresnet.blocks import NFBlock, call_block
 from nfresnet.layout import BlockSpec, block_specs, check_choice, scale_width
 from nfresnet.nf_regnet import expanded_width
 from nfresnet.nf_resnet import CLASSIFIER_INIT, classifier_head
@@ -173,6 +173,8 @@ class NFNet(hk.Module):
     skip_gain_init: initial value of each block's scalar skip gain (1 for SPPs).
     reference_gammas: use the reference code's hard-coded gammas (the released
       NFNet weights were trained with them).
+    remat: recompute each block's activations in the backward pass
+      (``nfresnet.blocks.call_block``); same parameters and numerics.
     name: module name.
   """
 
@@ -190,6 +192,7 @@ class NFNet(hk.Module):
     dropout_rate: float | None = None,
     skip_gain_init: float = 0.0,
     reference_gammas: bool = False,
+    remat: bool = False,
     name: str | None = None,
   ):
     super().__init__(name=name or "nfnet")
@@ -204,6 +207,7 @@ class NFNet(hk.Module):
     self.dropout_rate = row.dropout_rate if dropout_rate is None else dropout_rate
     self.head_width = FINAL_CONV_MULTIPLIER * self.specs[-1].out_channels
     self.group_width = group_width
+    self.remat = remat
     self.activation: Callable[[jax.Array], jax.Array] = scaled_activation(
       activation, reference=reference_gammas
     )
@@ -229,6 +233,7 @@ class NFNet(hk.Module):
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     h = self.stem(x)
     for spec in self.specs:
-      h = NFNetBlock(spec, group_width=self.group_width, **self.block_kwargs)(h, is_training)
+      block = NFNetBlock(spec, group_width=self.group_width, **self.block_kwargs)
+      h = call_block(block, h, is_training, self.remat)
     h = self.activation(WSConv2D(self.head_width, 1, name="final_conv")(h))
     return classifier_head(h, self.num_classes, self.dropout_rate, is_training, CLASSIFIER_INIT)

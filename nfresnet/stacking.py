@@ -25,6 +25,10 @@ the enclosing Haiku sequence, in block order, exactly where the unrolled blocks
 would draw them, and each scanned block receives its key as the first
 ``hk.next_rng_key()``. Blocks that draw more than one key per call are not
 supported with stochastic depth on.
+
+Rematerialization (``remat=True``) wraps the transition blocks in ``hk.remat``
+(``nfresnet.blocks.call_block``) and each scanned block's pure ``apply`` in
+``jax.checkpoint``, so the scan keeps only the blocks' inputs for the backward pass.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nfresnet.blocks import ResidualBlock
+from nfresnet.blocks import ResidualBlock, call_block
 from nfresnet.conv_lowering import loop_conv2d
 from nfresnet.layout import BlockSpec
 from nfresnet.ws_conv import lowering_override
@@ -94,9 +98,13 @@ def _draws_keys(run: Sequence[BlockSpec], is_training: bool) -> bool:
 
 
 def _scan_blocks(
-  make_block: BlockFactory, run: Sequence[BlockSpec], h: jax.Array, is_training: bool
+  make_block: BlockFactory,
+  run: Sequence[BlockSpec],
+  h: jax.Array,
+  is_training: bool,
+  remat: bool = False,
 ) -> jax.Array:
-  """Applies the identical blocks of ``run`` to ``h`` as one scan."""
+  """Applies the identical blocks of ``run`` to ``h`` as one scan (``remat``: checkpointed)."""
   template = dataclasses.replace(run[0], name=stack_name(run[0].stage))
   draws = _draws_keys(run, is_training)
 
@@ -121,19 +129,30 @@ def _scan_blocks(
   rates = jnp.asarray(np.array([s.stochdepth_rate for s in run]), jnp.float32) if draws else None
   keys = jnp.stack([hk.next_rng_key() for _ in run]) if draws else None
 
+  def apply_block(block_params, block_rng, x, beta, rate):
+    # Without stochastic depth the rate stays the Python 0.0 (no mask is drawn).
+    return block.apply(block_params, block_rng, x, beta, rate if draws else 0.0)
+
+  if remat:
+    apply_block = jax.checkpoint(apply_block)
+
   def step(x, scanned):
     block_params, beta, rate, key = scanned
     # A sequence state whose first key is ``key``: the block draws exactly this key.
     block_rng = (key, (key,)) if draws else None
-    out = block.apply(block_params, block_rng, x, beta, rate if draws else 0.0)
-    return out, None
+    return apply_block(block_params, block_rng, x, beta, rate), None
 
   h, _ = jax.lax.scan(step, h, (params, betas, rates, keys))
   return h
 
 
 def stacked_blocks(
-  make_block: BlockFactory, specs: Sequence[BlockSpec], h: jax.Array, is_training: bool
+  make_block: BlockFactory,
+  specs: Sequence[BlockSpec],
+  h: jax.Array,
+  is_training: bool,
+  *,
+  remat: bool = False,
 ) -> jax.Array:
   """Applies ``specs`` in order, each stage's non-transition blocks as one scan.
 
@@ -147,14 +166,15 @@ def stacked_blocks(
     specs: the model's block specs.
     h: stem output.
     is_training: forwarded to every block.
+    remat: recompute every block's activations in the backward pass.
 
   Returns:
     The output of the last block, equal to the unrolled loop's.
   """
   for first, rest in stage_runs(specs):
-    h = make_block(first)(h, is_training)
+    h = call_block(make_block(first), h, is_training, remat)
     if rest:
-      h = _scan_blocks(make_block, rest, h, is_training)
+      h = _scan_blocks(make_block, rest, h, is_training, remat)
   return h
 
 

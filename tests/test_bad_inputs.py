@@ -1,6 +1,6 @@
 """Bad input to every command line: exit status 2, one ``error:`` line naming it, no damage.
 
-The config table runs ``experiments.main.launch`` in-process (the function the command
+The config table runs ``experiments.launch.launch`` in-process (the function the command
 line calls after parsing flags), so each case costs milliseconds: every value is refused
 by ``experiments.schema`` before data is read or the workdir is created. A few cases
 run the real command lines as subprocesses, to prove the whole path (flag parsing, exit
@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from experiments import main as main_cli
+from experiments import launch as launcher
 from experiments.configs import imagenet, quickstart
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def test_config_value_is_refused_before_anything_runs(field, value, allowed, tmp
   config = quickstart.get_config()
   set_field(config, field, value)
   workdir = tmp_path / "run"
-  code = main_cli.launch(config, str(workdir))
+  code = launcher.launch(config, str(workdir))
   line = assert_refused(code, capsys.readouterr().err, f"{field}={value!r}", allowed)
   assert "is not allowed" in line
   assert not workdir.exists()
@@ -123,7 +123,7 @@ def test_config_value_is_refused_before_anything_runs(field, value, allowed, tmp
 def test_unknown_variant_is_refused_against_the_models_table(tmp_path, capsys):
   config = imagenet.get_config("model=nf_regnet")
   config.model.variant = "B9"
-  assert main_cli.launch(config, str(tmp_path / "run")) == 2
+  assert launcher.launch(config, str(tmp_path / "run")) == 2
   assert_refused(2, capsys.readouterr().err, "model.variant='B9'", "one of B0, B1")
 
 
@@ -131,7 +131,7 @@ def test_a_training_batch_larger_than_the_training_split_is_refused(tmp_path, ca
   config = quickstart.get_config()
   config.train.batch_size = 4096
   workdir = tmp_path / "run"
-  code = main_cli.launch(config, str(workdir))
+  code = launcher.launch(config, str(workdir))
   assert_refused(code, capsys.readouterr().err, "train.batch_size=4096", "1437 training examples")
   assert files_under(workdir) == {}
 
@@ -148,7 +148,7 @@ def test_a_workdir_that_cannot_be_written_is_refused(kind, tmp_path, capsys):
     if not workdir.parent.is_dir() or (kind == "unwritable" and not workdir.is_dir()):
       pytest.skip(f"{workdir.parent} does not exist on this system")
   before = files_under(workdir) if kind == "file" else None
-  code = main_cli.launch(quickstart.get_config(), str(workdir))
+  code = launcher.launch(quickstart.get_config(), str(workdir))
   assert_refused(code, capsys.readouterr().err, f"--workdir={workdir}", fragment)
   if before is not None:
     assert workdir.read_text() == "not a directory\n"

@@ -203,6 +203,11 @@ def test_same_config_accepts_only_fields_added_later_as_none():
   assert not sweep.same_config(ran, {"data": {"augment": "none", "randaugment": 2}, "seed": 0})
   assert not sweep.same_config(ran, {"data": {"augment": "none"}, "seed": 1})
   assert not sweep.same_config({**ran, "old": 1}, ran)
+  # A field added later with its default (the old behaviour) is the same run; another value is not.
+  defaults = {"train.grad_accum_steps": 1}
+  assert sweep.same_config({"train": {}}, {"train": {"grad_accum_steps": 1}}, defaults)
+  assert not sweep.same_config({"train": {}}, {"train": {"grad_accum_steps": 4}}, defaults)
+  assert sweep.field_defaults()["train.grad_accum_steps"] == 1
 
 
 def test_a_folder_with_another_runs_config_is_neither_skipped_nor_resumed(sweep_root, tmp_path):

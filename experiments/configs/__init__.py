@@ -42,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   train.eval_every = 0  # Steps; 0 evaluates only at the end.
   train.eval_every_epochs = config_dict.placeholder(float)  # Wins over eval_every when set.
   train.checkpoint_every = 1000  # Steps; a checkpoint is also written at the end.
+  train.checkpoint_every_minutes = 0.0  # Also save when this long since the last; 0: off.
   train.keep_checkpoints = 3
   train.log_every = 100
   train.seed = 0
@@ -52,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   train.cross_replica_bn = False  # False: per-device BN statistics (the paper's baseline).
   train.distributed = False  # Call jax.distributed.initialize() (also when env vars ask).
   train.progress_bar = True
+  train.grad_accum_steps = 1  # Micro-batches per device batch: one update from k passes.
 
   opt = config.optimizer = ml_collections.ConfigDict()
   opt.name = "sgd"  # "sgd" or "adamw".

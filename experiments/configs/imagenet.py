@@ -86,6 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.resize_method = "bicubic"  # The reference's interpolation.
   config.train.eval_batch_size = 1000  # 50,000 validation images in 50 batches.
   config.train.checkpoint_every = 5000
+  config.train.checkpoint_every_minutes = 30.0  # Also every 30 minutes (preemptible pods).
   if a["model"] in config_args.REGNET_MODELS:
     regnet_recipe(config, a["variant"], a["regularized"], config_args.MODEL_NAMES[a["model"]])
   else:

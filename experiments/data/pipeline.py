@@ -15,6 +15,13 @@ the last one is zero padding with ``mask`` 0.
 
 Batches are built by grain in ``config.worker_threads`` background threads,
 ``config.prefetch_batches`` ahead (``worker_threads = 0``: built on demand in the caller).
+With ``config.worker_processes = W > 0``, W grain worker processes (``mp_prefetch``, started
+with "spawn") each build every W-th batch, in their own ``worker_threads`` threads, and the
+batches come back in step order through shared memory: a batch is the same for any W.
+
+Sources of encoded images (``source.encoded``: JPEG bytes from ``ImageFolderSource`` or a
+TFDS dataset of variable image size) are decoded, cropped and resized per example with
+Pillow (``jpeg``), from the same crop boxes and draws as decoded images.
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ from collections.abc import Callable, Iterator
 import grain
 import ml_collections
 import numpy as np
+from absl import flags
 
-from experiments.data import augment, randaugment
+from experiments.data import augment, jpeg, randaugment
 from experiments.data.sources import Source, check_config
 
 
@@ -62,6 +70,13 @@ class ShuffledBatchIndices(grain.MapDataset):
     self._cache: dict[int, np.ndarray] = {}
     self._lock = threading.Lock()
 
+  def __getstate__(self) -> dict:  # Pickled into worker processes: no lock, no cache.
+    return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_lock")}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._cache, self._lock = {}, threading.Lock()
+
   def __len__(self) -> int:
     return sys.maxsize // self._batch_size
 
@@ -91,11 +106,14 @@ class ShuffledBatchIndices(grain.MapDataset):
 
 
 def _fetch(source: Source, indices: np.ndarray) -> tuple[np.ndarray | list, np.ndarray]:
-  """Images (an array, or a list when sizes differ) and int64 labels of ``indices``."""
+  """Images (an array, or a list when sizes differ or they are encoded bytes) and int64
+  labels of ``indices``."""
   if hasattr(source, "get_batch"):
     return source.get_batch(indices)
   items = [source[int(i)] for i in indices]
   labels = np.array([item["label"] for item in items], np.int64)
+  if getattr(source, "encoded", False):
+    return [item["image"] for item in items], labels
   images = [np.asarray(item["image"]) for item in items]
   if len({im.shape for im in images}) == 1:
     return np.stack(images), labels
@@ -174,7 +192,9 @@ def process_images(
   """
   size = output_size(config, source, train=keys is not None)
   method = config.get("resize_method", "bilinear")
-  if config.augment == "inception" and keys is not None:
+  if getattr(source, "encoded", False):
+    x = _decode_images(images, config, size, method, keys)
+  elif config.augment == "inception" and keys is not None:
     u = augment.uniforms(keys, augment.NUM_INCEPTION_DRAWS)
     boxes = _boxes(images, lambda h, w: augment.inception_boxes(u, h, w))
     x = augment.flip_where(_crop_resize_each(images, boxes, size, method), u[:, -1] < 0.5)
@@ -193,6 +213,39 @@ def process_images(
 
 RANDAUGMENT_SALT = np.uint64(0x52414E4441554721)
 """XOR-ed into the example keys for RandAugment's draws, apart from the crop's and flip's."""
+
+
+def encoded_boxes(
+  images: list, config: ml_collections.ConfigDict, size: int, keys: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+  """Crop boxes ``[B, 4] = (y0, x0, h, w)`` of encoded images, and the flips (or None).
+
+  The boxes of ``process_images``' decoded path, from the image sizes in the headers:
+  Inception crops and flips from the same draws (training), the centre crop (evaluation),
+  otherwise the whole image.
+  """
+  heights, widths = jpeg.image_sizes(images)
+  if config.augment == "inception" and keys is not None:
+    u = augment.uniforms(keys, augment.NUM_INCEPTION_DRAWS)
+    return augment.inception_boxes(u, heights, widths), u[:, -1] < 0.5
+  if config.augment == "inception":
+    return augment.centre_boxes(heights, widths, eval_crop_fraction(config, size)), None
+  return np.stack([0 * heights, 0 * widths, heights, widths], axis=1), None
+
+
+def _decode_images(
+  images: list,
+  config: ml_collections.ConfigDict,
+  size: int,
+  method: str,
+  keys: np.ndarray | None,
+) -> np.ndarray:
+  """Encoded images decoded, cropped, resized and flipped (Pillow): uint8 ``[B, S, S, 3]``."""
+  boxes, flips = encoded_boxes(images, config, size, keys)
+  x = jpeg.decode_crop_resize_batch(images, boxes, size, method, flips)
+  if config.augment == "cifar" and keys is not None:
+    x = augment.pad_crop_flip(x, augment.uniforms(keys, 3), config.get("crop_padding", 4))
+  return x
 
 
 def _rand_augment(x: np.ndarray, keys: np.ndarray, level: str) -> np.ndarray:
@@ -229,14 +282,21 @@ def _train_batch(
 
 
 def _iterate(ds: grain.MapDataset, start: int, config: ml_collections.ConfigDict) -> Iterator:
-  """Elements ``start, start + 1, ...`` of ``ds``, built in grain worker threads."""
+  """Elements ``start, start + 1, ...`` of ``ds``, built in grain worker threads/processes."""
   threads = int(config.get("worker_threads", 1))
-  if threads <= 0:
+  processes = int(config.get("worker_processes", 0) or 0)
+  prefetch = max(int(config.get("prefetch_batches", 2)), 1)
+  if threads <= 0 and processes <= 0:
     return (ds[k] for k in range(start, len(ds)))
-  options = grain.ReadOptions(
-    num_threads=threads, prefetch_buffer_size=max(int(config.get("prefetch_batches", 2)), 1)
-  )
-  return iter(ds.slice(slice(start, None)).to_iter_dataset(options))
+  options = grain.ReadOptions(num_threads=max(threads, 0), prefetch_buffer_size=prefetch)
+  stream = ds.slice(slice(start, None)).to_iter_dataset(options)
+  if processes > 0:
+    if not flags.FLAGS.is_parsed():  # grain's process pool reads its absl flags' defaults.
+      flags.FLAGS.mark_as_parsed()
+    stream = stream.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=processes, per_worker_buffer_size=prefetch)
+    )
+  return iter(stream)
 
 
 def train_batches(

@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 import ml_collections
 import numpy as np
 
-from experiments.data import augment, files, tfds_source
+from experiments.data import augment, files, image_folder, tfds_source
 from experiments.data.files import DatasetError
 
 SPLITS = ("train", "validation", "test")
@@ -180,6 +180,16 @@ def _load_tfds(config: ml_collections.ConfigDict, split: str) -> Source:
   )
 
 
+def _load_image_folder(config: ml_collections.ConfigDict, split: str) -> Source:
+  root = config.data_dir or os.environ.get(DATA_DIR_ENV)
+  if not root:
+    raise DatasetError(
+      f"dataset 'image_folder' needs a data directory: set data.data_dir or ${DATA_DIR_ENV}; "
+      f"{image_folder.HOW_TO_GET}"
+    )
+  return image_folder.ImageFolderSource(root, split, *tfds_source.IMAGENET_STATS)
+
+
 _LOADERS: dict[str, Callable[[ml_collections.ConfigDict, str], Source]] = {
   "synthetic": lambda config, split: SyntheticSource(config.synthetic, split),
   "digits": _load_digits,
@@ -188,10 +198,11 @@ _LOADERS: dict[str, Callable[[ml_collections.ConfigDict, str], Source]] = {
   "cifar10": _load_files,
   "cifar100": _load_files,
   "tfds": _load_tfds,
+  "image_folder": _load_image_folder,  # <data_dir>/<split>/<class>/*.JPEG, decoded per batch.
 }
 SOURCES = tuple(_LOADERS)
 """The dataset registry: every allowed ``data.name`` (file datasets' facts: ``catalog.INFOS``)."""
-ARRAY_SOURCES = tuple(name for name in SOURCES if name != "tfds")
+ARRAY_SOURCES = tuple(name for name in SOURCES if name not in ("tfds", "image_folder"))
 """Datasets that load without TFDS (synthetic, embedded digits and the file datasets)."""
 
 
@@ -216,6 +227,7 @@ class SubsetSource:
     self.num_classes = source.num_classes
     self.image_shape = source.image_shape
     self.mean, self.std = source.mean, source.std
+    self.encoded = getattr(source, "encoded", False)
 
   def __len__(self) -> int:
     return len(self._indices)
@@ -229,8 +241,10 @@ class SubsetSource:
     if hasattr(self._source, "get_batch"):
       return self._source.get_batch(picked)
     items = [self._source[int(i)] for i in picked]
-    images = np.stack([np.asarray(item["image"]) for item in items])
-    return images, np.array([item["label"] for item in items], np.int64)
+    labels = np.array([item["label"] for item in items], np.int64)
+    if self.encoded:
+      return [item["image"] for item in items], labels
+    return np.stack([np.asarray(item["image"]) for item in items]), labels
 
 
 def validation_indices(num_train: int, num_validation: int) -> np.ndarray:
@@ -304,6 +318,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       "mixup_alpha": 0.0,  # 0 = off.
       "cutmix_alpha": 0.0,  # 0 = off.
       "worker_threads": 1,  # grain threads building batches (0 = in the caller's thread).
+      "worker_processes": 0,  # grain worker processes (mp_prefetch); 0 = in this process.
       "prefetch_batches": 2,  # Batches built ahead of the consumer.
       "synthetic": {
         "num_train": 1024,

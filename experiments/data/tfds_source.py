@@ -7,6 +7,15 @@ for image encoding; a dataset prepared elsewhere can be copied into ``data_dir``
 
 Splits: "train" is TFDS "train"; "test" is TFDS "test", or "validation" when the dataset
 has no test split (e.g. imagenet2012).
+
+Images of variable size (an ``Image`` feature with a ``None`` dimension, e.g. imagenet2012)
+are read undecoded (``tfds.decode.SkipDecoding``: the stored JPEG bytes, no TensorFlow
+needed) and the source is ``encoded``: the pipeline decodes and crops them with Pillow
+(``jpeg``). Fixed-size images (mnist, cifar10) are decoded by TFDS, as before.
+
+Building imagenet2012 needs TensorFlow and the archives, downloaded by hand
+(``IMAGENET_HINT``; ``data_dir`` defaults to ``~/tensorflow_datasets``); a class-per-folder
+copy of the JPEGs is read by ``data.name = "image_folder"`` instead, with neither.
 """
 
 from __future__ import annotations
@@ -26,6 +35,17 @@ KNOWN_STATS = {
 }
 STATS_EXAMPLES = 1000
 RANDOM_ACCESS_FORMATS = ("array_record", "parquet")
+IMAGENET_HINT = (
+  "put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from https://image-net.org) in "
+  "{data_dir}/downloads/manual, `pip install tensorflow`, then run `tfds build "
+  "imagenet2012 --data_dir={data_dir} --file_format=array_record`; or use "
+  "data.name='image_folder' on the extracted JPEGs (<data_dir>/train/<class>/*.JPEG)"
+)
+"""What to do when imagenet2012 is not prepared: it cannot be downloaded automatically."""
+
+
+def _needs_manual_download(builder) -> bool:
+  return bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
 
 
 def _builder(name: str, data_dir: str | None, download: bool):
@@ -39,8 +59,24 @@ def _builder(name: str, data_dir: str | None, download: bool):
       f"TFDS dataset {name!r} is neither a registered TFDS name nor prepared in "
       f"data_dir={data_dir!r}"
     ) from None
-  if download:
-    builder.download_and_prepare(file_format="array_record")
+  shown_dir = data_dir or "~/tensorflow_datasets"
+  manual = _needs_manual_download(builder)
+  if download and not (manual and builder.is_prepared()):
+    try:
+      builder.download_and_prepare(file_format="array_record")
+    except Exception as error:  # noqa: BLE001 (TFDS raises many kinds; all end here)
+      if not manual:
+        raise
+      why = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+      raise DatasetError(
+        f"TFDS dataset {name!r} cannot be prepared in {builder.data_dir} ({why}): it needs "
+        f"archives downloaded by hand: {IMAGENET_HINT.format(data_dir=shown_dir)}"
+      ) from None
+  if not builder.is_prepared() and manual:
+    raise DatasetError(
+      f"TFDS dataset {name!r} is not prepared in {builder.data_dir} and cannot be "
+      f"downloaded automatically: {IMAGENET_HINT.format(data_dir=shown_dir)}"
+    )
   if not builder.is_prepared():
     raise DatasetError(
       f"TFDS dataset {name!r} is not prepared in {builder.data_dir}: run "
@@ -68,9 +104,17 @@ def _split_name(builder, split: str) -> str:
 class TfdsSource:
   """One split of a prepared TFDS dataset with image and integer label features."""
 
-  def __init__(self, name: str, split: str, data_dir: str | None = None, download: bool = False):
+  def __init__(
+    self,
+    name: str,
+    split: str,
+    data_dir: str | None = None,
+    download: bool = False,
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+  ):
     import tensorflow_datasets as tfds  # noqa: PLC0415
 
+    self._args = (name, split, data_dir)
     builder = _builder(name, data_dir, download)
     self.name = name
     self._image_key, self._label_key = builder.info.supervised_keys or ("image", "label")
@@ -81,11 +125,14 @@ class TfdsSource:
       )
     self.num_classes = int(features[self._label_key].num_classes)
     self.image_shape = tuple(features[self._image_key].shape)
+    image = features[self._image_key]
+    self.encoded = isinstance(image, tfds.features.Image) and None in self.image_shape
+    decoders = {self._image_key: tfds.decode.SkipDecoding()} if self.encoded else None
     self._data = tfds.data_source(
-      name, split=_split_name(builder, split), data_dir=data_dir, download=False
+      name, split=_split_name(builder, split), data_dir=data_dir, download=False, decoders=decoders
     )
-    self.mean, self.std = KNOWN_STATS.get(name.split("/")[0].split(":")[0]) or self._stats(
-      tfds, data_dir
+    self.mean, self.std = (
+      stats or KNOWN_STATS.get(name.split("/")[0].split(":")[0]) or self._stats(tfds, data_dir)
     )
 
   def _stats(self, tfds, data_dir: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -96,11 +143,20 @@ class TfdsSource:
     pixels = np.concatenate(images).astype(np.float64) / 255.0
     return tuple(float(m) for m in pixels.mean(0)), tuple(float(s) for s in pixels.std(0))
 
+  def __getstate__(self) -> dict:  # Pickled into worker processes: reopened there.
+    return {"args": self._args, "stats": (self.mean, self.std)}
+
+  def __setstate__(self, state: dict) -> None:
+    name, split, data_dir = state["args"]
+    self.__init__(name, split, data_dir, stats=state["stats"])
+
   def __len__(self) -> int:
     return len(self._data)
 
   def __getitem__(self, index: int) -> dict:
     example = self._data[index]
+    if self.encoded:
+      return {"image": bytes(example[self._image_key]), "label": np.int64(example[self._label_key])}
     image = np.asarray(example[self._image_key], np.uint8)
     if image.ndim == 2:
       image = image[..., None]

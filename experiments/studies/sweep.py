@@ -302,20 +302,42 @@ def run_entry(command: list[str], run_dir: pathlib.Path) -> dict:
   return status
 
 
-def same_config(ran: dict, wanted: dict) -> bool:
+def field_defaults() -> dict[str, Any]:
+  """``{"train.grad_accum_steps": 1, ...}``: every field of the base config with its default."""
+  from experiments.configs import base_config
+
+  flat: dict[str, Any] = {}
+
+  def walk(node: Any, prefix: str) -> None:
+    for key, value in node.items():
+      if isinstance(value, Mapping):
+        walk(value, f"{prefix}{key}.")
+      else:
+        flat[f"{prefix}{key}"] = value
+
+  walk(base_config().to_dict(), "")
+  return flat
+
+
+def same_config(
+  ran: dict, wanted: dict, defaults: Mapping[str, Any] | None = None, prefix: str = ""
+) -> bool:
   """Whether a finished run's config is ``wanted``.
 
-  A field missing from ``ran`` counts as equal when ``wanted`` sets it to ``None``: the run
-  predates that (optional, off by default) field.
+  A field missing from ``ran`` counts as equal when ``wanted`` holds ``None`` or the field's
+  default (``defaults``, dotted names; ``field_defaults()`` when not given): the run predates
+  that field, and a new field's default keeps the old behaviour.
   """
+  defaults = field_defaults() if defaults is None else defaults
   if ran.keys() - wanted.keys():
     return False
   for key, value in wanted.items():
+    name = f"{prefix}{key}"
     if key not in ran:
-      if value is not None:
+      if value is not None and (name not in defaults or defaults[name] != value):
         return False
     elif isinstance(value, dict) and isinstance(ran[key], dict):
-      if not same_config(ran[key], value):
+      if not same_config(ran[key], value, defaults, f"{name}."):
         return False
     elif ran[key] != value:
       return False
