@@ -153,7 +153,7 @@ def test_adamw_option_steps():
 
 
 def test_unknown_optimizer_names_the_allowed_ones():
-  with pytest.raises(ConfigError, match="optimizer.name 'lamb'; allowed: sgd, adamw"):
+  with pytest.raises(ConfigError, match="optimizer.name='lamb' is not allowed: one of sgd, adamw"):
     built_optimizer(name="lamb")
 
 

@@ -19,6 +19,7 @@ def write_run(root, name, lr, val, test):
     {"step": 10, "kind": "eval", "accuracy": test},
   ]
   (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (run / "done.json").write_text(json.dumps({"step": 10}))
 
 
 def test_best_validation_accuracy_wins_and_test_is_never_read(tmp_path):
