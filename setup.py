@@ -10,6 +10,7 @@ EXPERIMENTS = [
   "absl-py>=2.1",
   "orbax-checkpoint>=0.11.0",
   "grain>=0.2.10",
+  "pillow>=10.0",  # experiments.data.jpeg: JPEG decode and crop.
   "tensorflow-datasets>=4.9.9",
   "scikit-learn>=1.4",
   "matplotlib>=3.8",
