@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import results_guard
 from experiments import cli
 
 OUT_DIR = pathlib.Path(__file__).parent / "results"
@@ -218,17 +219,10 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def overwrite_error(stem: pathlib.Path, args: dict[str, Any]) -> str | None:
   """Why ``<stem>.json``/``.md`` must not be replaced by this run without ``--force``."""
-  json_path, md_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")
-  if not json_path.exists():
-    return f"{md_path} exists without {json_path.name}" if md_path.exists() else None
-  try:
-    payload = json.loads(json_path.read_text())
-    recorded = payload["args"]
-  except (OSError, ValueError, KeyError, TypeError):
-    return f"{json_path} exists and is not a benchmarks.input_pipeline results file"
-  if recorded != args:
-    return f"{json_path} holds the results of `{payload.get('command')}`, not of these arguments"
-  return None
+  payload, why = results_guard.previous(stem, "benchmarks.input_pipeline", "args")
+  if payload is not None and payload["args"] != args:
+    why = f"{stem}.json holds the results of `{payload.get('command')}`, not of these arguments"
+  return why
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from benchmarks import suite, workload
+from benchmarks import results_guard, suite, workload
 from experiments import builder, cli, steps
 
 OUT_DIR = suite.OUT_DIR
@@ -160,20 +160,10 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def overwrite_error(stem: pathlib.Path, arguments: dict[str, Any]) -> str | None:
   """Why ``<stem>.json``/``.md`` must not be overwritten by this run without ``--force``."""
-  json_path, md_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")
-  if not json_path.exists():
-    if md_path.exists():
-      return f"{md_path} exists without {json_path.name} (not written by benchmarks.memory)"
-    return None
-  try:
-    payload = json.loads(json_path.read_text())
-    if not isinstance(payload, dict) or not isinstance(payload.get("arguments"), dict):
-      raise ValueError("no arguments")
-  except (OSError, ValueError):
-    return f"{json_path} exists and is not a benchmarks.memory results file"
-  if payload["arguments"] != arguments:
-    return f"{json_path} holds the cases of `{payload.get('command')}`, not of this run"
-  return None
+  payload, why = results_guard.previous(stem, "benchmarks.memory", "arguments")
+  if payload is not None and payload["arguments"] != arguments:
+    why = f"{stem}.json holds the cases of `{payload.get('command')}`, not of this run"
+  return why
 
 
 def write(stem: pathlib.Path, payload: dict[str, Any]) -> None:

@@ -35,7 +35,7 @@ import sys
 import time
 from typing import Any
 
-from benchmarks import report
+from benchmarks import report, results_guard
 from benchmarks.throughput import cpu_model
 from benchmarks.workload import Case
 from experiments import cli
@@ -173,20 +173,10 @@ def recorded_command(payload: dict[str, Any]) -> str:
 
 def overwrite_error(stem: pathlib.Path, only: str | None, full: bool) -> str | None:
   """Why ``<stem>.json``/``.md`` must not be overwritten by this run without ``--force``."""
-  json_path, md_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")
-  if not json_path.exists():
-    if md_path.exists():
-      return f"{md_path} exists without {json_path.name} (not written by this suite)"
-    return None
-  try:
-    payload = json.loads(json_path.read_text())
-    if not isinstance(payload, dict) or not isinstance(payload.get("results"), dict):
-      raise ValueError("no results")
-  except (OSError, ValueError):
-    return f"{json_path} exists and is not a benchmarks.suite results file"
-  if (payload.get("only"), bool(payload.get("full"))) != (only, full):
-    return f"{json_path} holds the cases of `{recorded_command(payload)}`, not of this run"
-  return None
+  payload, why = results_guard.previous(stem, "benchmarks.suite", "results")
+  if payload is not None and (payload.get("only"), bool(payload.get("full"))) != (only, full):
+    why = f"{stem}.json holds the cases of `{recorded_command(payload)}`, not of this run"
+  return why
 
 
 def main(argv: list[str] | None = None) -> int:
