@@ -295,6 +295,9 @@ def check(name: str, value: Any, spec: Field) -> None:
     raise ConfigError(f"{name}={value!r} is not allowed: {spec.describe()}")
 
 
+_MISSING = object()
+
+
 def check_section(
   prefix: str, section: ml_collections.ConfigDict, fields: Mapping[str, Field]
 ) -> None:
@@ -308,9 +311,6 @@ def check_section(
       node = node[part]
     if node is not _MISSING:
       check(f"{prefix}.{dotted}", node, spec)
-
-
-_MISSING = object()
 
 
 def model_kwarg_error(model_name: str, key: str, value: Any) -> str | None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
+import functools
 import importlib.util
 import json
 import os
@@ -164,7 +165,15 @@ def sweep_config(
   Raises:
     ConfigError: a bad entry, or an override of a missing field or of the wrong type.
   """
-  config = entry_config(sweep, entry)
+  return apply_set(entry_config(sweep, entry), extra)
+
+
+def apply_set(config: ml_collections.ConfigDict, extra: Sequence[str]) -> ml_collections.ConfigDict:
+  """``config`` with the ``--set KEY=VALUE`` overrides, each typed as the field it replaces.
+
+  Raises:
+    ConfigError: an override of a missing field or of the wrong type.
+  """
   for item in extra:
     key, _, text = item.partition("=")
     node = config
@@ -190,8 +199,7 @@ def check_overrides(sweep: Sweep, extra: Sequence[str]) -> None:
       config = entry_config(sweep, entry)
     except ConfigError:
       continue
-    del config
-    sweep_config(sweep, entry, extra)
+    apply_set(config, extra)
 
 
 def format_value(value: object) -> str:
@@ -302,6 +310,7 @@ def run_entry(command: list[str], run_dir: pathlib.Path) -> dict:
   return status
 
 
+@functools.cache
 def field_defaults() -> dict[str, Any]:
   """``{"train.grad_accum_steps": 1, ...}``: every field of the base config with its default."""
   from experiments.configs import base_config
