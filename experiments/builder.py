@@ -32,7 +32,9 @@ from experiments.configs import ConfigError
 from experiments.train_state import TrainState, create_train_state, init_train_state
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-"""Allowed ``train.compute_dtype`` values (parameters stay float32 either way)."""
+"""``train.compute_dtype`` values besides "auto" (parameters stay float32 either way)."""
+AUTO_BFLOAT16_PLATFORMS = ("gpu", "tpu")
+"""Where ``compute_dtype="auto"`` is bfloat16: the platforms with bf16 matrix units."""
 
 ModelWrapper = Callable[[models.ModelFn], models.ModelFn]
 
@@ -41,14 +43,17 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
   """Cheap checks that fail before any data is read or anything is compiled.
 
   Every field against its declared type and range (``experiments.schema.validate``), then
-  the constraints between fields and the machine.
+  the constraints between fields and the machine: ``device_count`` devices are available,
+  and the batch is split over those the mesh uses (``used_device_count``).
 
   Raises:
     ConfigError: a field whose value is not allowed (named with the value and what is
-      allowed), a training batch size that is not a multiple of ``device_count``, or
-      ``train.grad_accum_steps`` that does not divide the per-device batch.
+      allowed), a ``train.num_devices`` the machine cannot give, a training batch size
+      that is not a multiple of the devices used, or ``train.grad_accum_steps`` that does
+      not divide the per-device batch.
   """
   schema.validate(config)
+  device_count = used_device_count(config, device_count)
   size = config.train.batch_size
   if size % device_count:
     raise ConfigError(
@@ -62,6 +67,59 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
       f"train.grad_accum_steps={accum} is not allowed: a divisor of the per-device batch "
       f"{per_device} (train.batch_size={size} over {devices})"
     )
+
+
+def used_device_count(config: ml_collections.ConfigDict, device_count: int) -> int:
+  """How many of the ``device_count`` devices the data mesh uses (``train.num_devices``).
+
+  Raises:
+    ConfigError: more devices than ``device_count``, or a count that does not divide by
+      the number of processes (each contributes an equal share of its local devices).
+  """
+  wanted = config.train.get("num_devices", 0)  # 0 also for configs older than the field.
+  if wanted > device_count:
+    raise ConfigError(
+      f"train.num_devices={wanted} is not allowed: at most the {device_count} devices "
+      "available (0: all of them)"
+    )
+  processes = jax.process_count()
+  if wanted % processes:
+    raise ConfigError(
+      f"train.num_devices={wanted} is not allowed: a multiple of the process count {processes}"
+    )
+  return wanted or device_count
+
+
+def mesh_devices(
+  config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
+) -> list[jax.Device]:
+  """The devices of the data mesh: all of ``devices``, or the first ``train.num_devices``.
+
+  With several processes each one contributes the first ``num_devices / process_count``
+  of its own devices in ``devices``, process by process, so every process still feeds its
+  share of each batch to devices it owns.
+  """
+  used = used_device_count(config, len(devices))
+  if used == len(devices):
+    return list(devices)
+  per_process = used // jax.process_count()
+  chosen = []
+  for process in sorted({d.process_index for d in devices}):
+    chosen += [d for d in devices if d.process_index == process][:per_process]
+  return chosen
+
+
+def resolve_compute_dtype(name: str, platform: str | None = None) -> str:
+  """``train.compute_dtype`` as a dtype name: "auto" is bfloat16 on GPU and TPU, else float32.
+
+  Args:
+    name: "float32", "bfloat16" or "auto".
+    platform: the platform the steps run on (default: ``jax.default_backend()``).
+  """
+  if name != "auto":
+    return name
+  platform = jax.default_backend() if platform is None else platform
+  return "bfloat16" if platform in AUTO_BFLOAT16_PLATFORMS else "float32"
 
 
 def grad_accum_steps(config: ml_collections.ConfigDict) -> int:
@@ -173,7 +231,8 @@ def build(
     config: an experiment config (``experiments/configs/*.py``), overrides applied.
     num_classes: classifier outputs (the dataset's).
     num_train_examples: size of the training split (epochs -> steps).
-    devices: the devices of the ``data`` mesh (default: all of them).
+    devices: the devices to build the ``data`` mesh from (default: all of them); the mesh
+      uses the first ``train.num_devices`` of them (``mesh_devices``).
     model_wrapper: optional ``model_fn -> model_fn`` applied inside the transform,
       e.g. to run the model under ``nfresnet.frozen()`` (benchmarks).
 
@@ -183,8 +242,9 @@ def build(
   Raises:
     ConfigError: invalid config (see ``check_config``).
   """
-  devices = list(jax.devices() if devices is None else devices)
-  check_config(config, len(devices))
+  available = list(jax.devices() if devices is None else devices)
+  check_config(config, len(available))
+  devices = mesh_devices(config, available)
   wrap = model_wrapper or (lambda fn: fn)
   model = hk.transform_with_state(wrap(models.model_fn(config, num_classes, steps.AXIS)))
   # Initialization runs outside shard_map, where a cross-replica axis is unbound; a stacked
@@ -198,7 +258,7 @@ def build(
   lr_fn = optim.learning_rate_fn(schedule)
   optimizer = optim.build_optimizer(config.optimizer, lr_fn)
   mesh = steps.make_mesh(devices)
-  dtype = COMPUTE_DTYPES[config.train.compute_dtype]
+  dtype = COMPUTE_DTYPES[resolve_compute_dtype(config.train.compute_dtype, devices[0].platform)]
   train_body = steps.train_step_body(
     model,
     optimizer,

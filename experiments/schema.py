@@ -143,7 +143,7 @@ def _optimizers() -> Sequence[str]:
 
 
 def _compute_dtypes() -> Sequence[str]:
-  return ("float32", "bfloat16")
+  return ("float32", "bfloat16", "auto")
 
 
 def _model_names() -> Sequence[str]:
@@ -199,6 +199,10 @@ TRAIN_FIELDS: Mapping[str, Field] = {
   "distributed": Field(bool),
   "progress_bar": Field(bool),
   "grad_accum_steps": positive(note="micro-batches per device batch, a divisor of it"),
+  "num_devices": non_negative(note="0: every device; else a multiple of the process count"),
+  "profile_steps": Field(str, note="'START:END' traces steps START to END - 1, e.g. '10:20'"),
+  "peak_flops_per_device": non_negative(float, note="0: the device table"),
+  "compilation_cache_dir": Field(str, note="'': off"),
 }
 
 OPTIMIZER_FIELDS: Mapping[str, Field] = {
@@ -347,6 +351,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_section("data", config.data, DATA_FIELDS)
   check_data_values(config.data)
   check_section("train", config.train, TRAIN_FIELDS)
+  check_train_values(config.train)
   check_section("optimizer", config.optimizer, OPTIMIZER_FIELDS)
 
 
@@ -359,3 +364,14 @@ def check_data_values(data: ml_collections.ConfigDict) -> None:
       randaugment.parse_level(data.randaugment)
     except ValueError as error:
       raise ConfigError(f"data.randaugment={data.randaugment!r} is not allowed: {error}") from None
+
+
+def check_train_values(train: ml_collections.ConfigDict) -> None:
+  """Field values with a syntax of their own (the profiled steps)."""
+  from experiments import telemetry
+
+  text = train.get("profile_steps", "")
+  try:
+    telemetry.parse_profile_steps(text)
+  except ValueError as error:
+    raise ConfigError(f"train.profile_steps={text!r} is not allowed: {error}") from None

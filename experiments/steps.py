@@ -25,6 +25,7 @@ from typing import Any
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -40,9 +41,16 @@ Metrics = dict[str, jax.Array]
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """A 1-D mesh named ``data`` over ``devices`` (default: every device of every process)."""
-  devices = jax.devices() if devices is None else devices
-  return jax.make_mesh((len(devices),), (AXIS,), devices=devices)
+  """A 1-D mesh named ``data`` over ``devices`` (default: every device of every process).
+
+  All devices go through ``jax.make_mesh`` (its topology-aware order); a subset
+  (``train.num_devices``) keeps the order given, since that ordering needs a whole TPU slice.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  if len(devices) == jax.device_count():
+    return jax.make_mesh((len(devices),), (AXIS,), devices=devices)
+  explicit = (jax.sharding.AxisType.Explicit,)  # As jax.make_mesh.
+  return jax.sharding.Mesh(np.asarray(devices), (AXIS,), axis_types=explicit)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

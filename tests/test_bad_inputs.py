@@ -65,7 +65,11 @@ CONFIG_CASES = [
   ("train.label_smoothing", -0.1, "a number in [0, 1)"),
   ("train.ema_decay", 1.5, "a number in [0, 1)"),
   ("train.ema_decay", 1.0, "a number in [0, 1)"),
-  ("train.compute_dtype", "fp8", "one of float32, bfloat16"),
+  ("train.compute_dtype", "fp8", "one of float32, bfloat16, auto"),
+  ("train.num_devices", -1, "an integer >= 0"),
+  ("train.profile_steps", "5:2", "'START:END' with integers 1 <= START < END"),
+  ("train.profile_steps", "10", "'START:END' with integers 1 <= START < END"),
+  ("train.peak_flops_per_device", -1.0, "a number >= 0"),
   ("optimizer.name", "lamb", "one of sgd, adamw"),
   ("optimizer.base_lr", -0.1, "a number > 0"),
   ("optimizer.base_lr", 0.0, "a number > 0"),
@@ -125,6 +129,16 @@ def test_unknown_variant_is_refused_against_the_models_table(tmp_path, capsys):
   config.model.variant = "B9"
   assert launcher.launch(config, str(tmp_path / "run")) == 2
   assert_refused(2, capsys.readouterr().err, "model.variant='B9'", "one of B0, B1")
+
+
+def test_more_devices_than_the_machine_has_are_refused(tmp_path, capsys):
+  config = quickstart.get_config()
+  config.train.num_devices = 99
+  workdir = tmp_path / "run"
+  code = launcher.launch(config, str(workdir))
+  allowed = "at most the 8 devices available"
+  assert_refused(code, capsys.readouterr().err, "train.num_devices=99 is not allowed", allowed)
+  assert files_under(workdir) == {}
 
 
 def test_a_training_batch_larger_than_the_training_split_is_refused(tmp_path, capsys):

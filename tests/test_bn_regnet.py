@@ -184,7 +184,12 @@ def test_registry_and_configs():
   assert "cross_replica_axis" in models.config_fields("bn_regnet")
   small = cifar10_config("model=bn_regnet,variant=B1,width=0.5")
   assert small.model_name == "bn_regnet"
-  assert small.model.to_dict() == {"variant": "B1", "width": 0.5, "dropout_rate": 0.0}
+  assert small.model.to_dict() == {
+    "variant": "B1",
+    "width": 0.5,
+    "dropout_rate": 0.0,
+    "remat": False,
+  }
   assert models.model_kwargs(small, 10)["variant"] == "B1"
   smoke = cifar10_config("model=bn_regnet,smoke")
   assert (smoke.model.variant, smoke.model.width, smoke.data.name) == ("B0", 0.125, "synthetic")

@@ -186,6 +186,7 @@ def test_config_is_the_reference_recipe():
     "se_ratio": 0.5,
     "stochdepth_rate": 0.25,
     "skip_gain_init": 0.0,
+    "remat": False,
   }
   assert (config.data.image_size, config.data.eval_image_size) == (320, 416)
   assert config.data.resize_method == "bicubic" and config.data.augment == "inception"

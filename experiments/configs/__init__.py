@@ -31,7 +31,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   config = ml_collections.ConfigDict()
   config.model_name = "nf_resnet"
-  config.model = ml_collections.ConfigDict({"depth": 50})
+  # stack_blocks: scan over each stage's blocks (NF-ResNets); remat: recompute each block's
+  # activations in the backward pass. Both keep the numbers; config files declare the ones
+  # their model takes, so --config.model.remat=True works (the config is locked).
+  config.model = ml_collections.ConfigDict({"depth": 50, "stack_blocks": False, "remat": False})
   config.data = data.default_data_config()
 
   train = config.train = ml_collections.ConfigDict()
@@ -47,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   train.log_every = 100
   train.seed = 0
   train.compute_dtype = "float32"  # "bfloat16": bf16 activations, float32 parameters.
+  # "auto": bfloat16 on GPU and TPU, float32 on CPU (experiments.builder.resolve_compute_dtype).
   train.label_smoothing = 0.1
   train.ema_decay = 0.0  # 0 disables the EMA of parameters (and BatchNorm statistics).
   train.ema_warmup = True  # decay min(ema_decay, (1 + t) / (10 + t)), as the reference.
@@ -54,6 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
   train.distributed = False  # Call jax.distributed.initialize() (also when env vars ask).
   train.progress_bar = True
   train.grad_accum_steps = 1  # Micro-batches per device batch: one update from k passes.
+  train.num_devices = 0  # Devices of the data mesh; 0: all, n: the first n / processes per process.
+  train.profile_steps = ""  # "10:20": a jax.profiler trace of steps 10-19 in <workdir>/profile.
+  train.peak_flops_per_device = 0.0  # The MFU's peak FLOP/s per device; 0: the device table.
+  train.compilation_cache_dir = ""  # JAX's persistent compilation cache folder; "": off.
 
   opt = config.optimizer = ml_collections.ConfigDict()
   opt.name = "sgd"  # "sgd" or "adamw".

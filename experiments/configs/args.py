@@ -150,7 +150,7 @@ def resnet_model(
   Returns:
     The registry name and the constructor kwargs section.
   """
-  kwargs: dict[str, Any] = {"depth": depth, "width": width, "stem": stem}
+  kwargs: dict[str, Any] = {"depth": depth, "width": width, "stem": stem, "remat": False}
   if model in ("nf", "he"):
     kwargs.update(alpha=NF_ALPHA, activation=activation, skip_gain_init=NF_SKIP_GAIN_INIT)
     kwargs["stack_blocks"] = False  # True: scan over each stage's blocks (same numbers).

@@ -28,6 +28,7 @@ Recipes:
 - Every recipe: bicubic resizing of the Inception crops and of the S / (S + 32) centre
   crop at evaluation, as the reference implementation. The evaluation batch is padded
   up to a multiple of the device count and the padding masked, so it works on any count.
+  ``train.compute_dtype="auto"``: bfloat16 activations on GPUs and TPUs, float32 on CPUs.
 - Table 2 (``table2`` sweep): every batch size trains for ``TABLE2_EPOCHS`` = 15
   epochs, our choice of a fixed budget: the 90-epoch recipe at batch 4 would be 28.8M
   steps; 15 epochs is 4.8M steps at batch 4 and 18,766 at batch 1024.
@@ -85,6 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.image_size = 224
   config.data.resize_method = "bicubic"  # The reference's interpolation.
   config.train.eval_batch_size = 1000  # 50,000 validation images in 50 batches.
+  config.train.compute_dtype = "auto"  # bfloat16 on GPUs and TPUs, float32 on CPUs.
   config.train.checkpoint_every = 5000
   config.train.checkpoint_every_minutes = 30.0  # Also every 30 minutes (preemptible pods).
   if a["model"] in config_args.REGNET_MODELS:
@@ -118,7 +120,9 @@ def regnet_recipe(
   if regularized:
     raise ConfigError(f"model={model_name} is always regularized (variant dropout, stochdepth 0.1)")
   config.model_name = model_name
-  config.model = ml_collections.ConfigDict({"variant": variant, "activation": "silu"})
+  config.model = ml_collections.ConfigDict(
+    {"variant": variant, "activation": "silu", "remat": False}
+  )
   row = nfresnet.NF_REGNET_VARIANTS[variant]
   config.data.image_size = row.train_resolution
   config.data.eval_image_size = row.test_resolution

@@ -88,6 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "se_ratio": 0.5,
       "stochdepth_rate": NFNET_RECIPE["stochdepth_rate"],
       "skip_gain_init": config_args.NF_SKIP_GAIN_INIT,
+      "remat": False,  # True: recompute each block's activations in the backward pass.
     }
   )
   data = config.data

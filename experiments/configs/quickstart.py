@@ -42,7 +42,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   parsed = config_args.parse_args(arg, KEYS, "quickstart")
   config = base_config()
   config.model_name = MODELS[parsed["model"]]
-  config.model = ml_collections.ConfigDict({"depth": 18, "width": 0.25, "stem": "cifar"})
+  config.model = ml_collections.ConfigDict(
+    {"depth": 18, "width": 0.25, "stem": "cifar", "remat": False}
+  )
   if config.model_name == "nf_resnet":
     config.model.stack_blocks = False  # True: scan over each stage's blocks (same numbers).
 
