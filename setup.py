@@ -9,6 +9,8 @@ EXPERIMENTS = [
   "ml-collections>=1.0.0",
   "absl-py>=2.1",
   "orbax-checkpoint>=0.11.0",
+  "etils[epath]>=1.7",  # experiments.paths: local paths and cloud URLs.
+  "fsspec>=2024.2",
   "grain>=0.2.10",
   "pillow>=10.0",  # experiments.data.jpeg: JPEG decode and crop.
   "tensorflow-datasets>=4.9.9",
@@ -18,6 +20,9 @@ EXPERIMENTS = [
   "tensorboardX>=2.6.2",
 ]
 WEIGHTS = ["safetensors>=0.4"]  # nfresnet.weights: timm checkpoints and our exports.
+# Only to build TFDS datasets such as imagenet2012 (docs/pods.md); training never needs it.
+PREPARE = ["tensorflow>=2.16", "tensorflow-datasets>=4.9.9"]
+CLOUD = ["gcsfs>=2024.2"]  # gs:// workdirs for logs (etils.epath); orbax needs nothing more.
 # Side environment that writes the timm test fixtures (benchmarks/make_timm_fixtures.py);
 # never a dependency of the package.
 PEERS = ["torch>=2.5", "timm>=1.0", "safetensors>=0.4"]
@@ -44,6 +49,8 @@ setup(
   extras_require={
     "experiments": EXPERIMENTS,
     "weights": WEIGHTS,
+    "prepare": PREPARE,
+    "cloud": CLOUD,
     "peers": PEERS,
     "test": TEST,
   },

@@ -35,8 +35,6 @@ import dataclasses
 import json
 import logging
 import os
-import pathlib
-import shutil
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -48,7 +46,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from experiments import models, steps
+from experiments import models, paths, steps
 from experiments.checkpoint_manifest import verify_manifest, write_manifest
 from experiments.configs import ConfigError
 from experiments.orbax_errors import (
@@ -81,13 +79,13 @@ class Checkpointer:
   """Saves and restores TrainStates under ``workdir/checkpoints``.
 
   Args:
-    workdir: experiment directory.
+    workdir: experiment directory: a local path or a URL (``paths.as_path``).
     identity: ``models.model_identity(...)`` of the model being trained.
     keep: number of checkpoints to keep (the most recent ones).
   """
 
-  def __init__(self, workdir: str | pathlib.Path, identity: Mapping[str, Any], keep: int = 3):
-    self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+  def __init__(self, workdir: str | os.PathLike, identity: Mapping[str, Any], keep: int = 3):
+    self.directory = paths.absolute(paths.as_path(workdir, "--workdir")) / CHECKPOINT_DIR
     self.identity = json.loads(json.dumps(dict(identity)))  # Normalized as JSON reads it back.
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,
@@ -265,7 +263,7 @@ class Checkpointer:
       target.mkdir(exist_ok=True)
       for step in steps:
         destination = target / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-        shutil.move(str(self.directory / str(step)), destination)
+        paths.move(self.directory / str(step), destination)
         log.info("moved unreadable checkpoint %d to %s", step, destination)
     if steps:
       multihost_utils.sync_global_devices("nfresnet_set_aside_checkpoints")
@@ -324,7 +322,7 @@ class Checkpointer:
           break
         for path in partial:
           if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
+            paths.remove_tree(path)
           else:
             path.unlink(missing_ok=True)
         time.sleep(0.05)
@@ -357,7 +355,7 @@ def restore_items(
     return None, short_reason(error)
 
 
-def warn_unreadable(step: int, step_dir: pathlib.Path, reason: str) -> None:
+def warn_unreadable(step: int, step_dir: paths.Path, reason: str) -> None:
   log.warning(
     "checkpoint %d is unreadable, trying the previous one: %s: %s", step, step_dir, reason
   )
@@ -390,14 +388,14 @@ class TrainedModel(NamedTuple):
   state: hk.State
 
 
-def load_trained(workdir: str | pathlib.Path, use_ema: bool = False) -> TrainedModel:
+def load_trained(workdir: str | os.PathLike, use_ema: bool = False) -> TrainedModel:
   """Loads the config and the latest readable checkpoint of a training run.
 
   Checkpoints that fail their manifest or do not restore are skipped (one
   warning each, once an older one loads) and left in place.
 
   Args:
-    workdir: the run's ``--workdir``.
+    workdir: the run's ``--workdir`` (a local path or a URL).
     use_ema: return the EMA parameters (and the EMA of the model state, when the
       checkpoint has one) instead of the raw ones.
 
@@ -409,12 +407,12 @@ def load_trained(workdir: str | pathlib.Path, use_ema: bool = False) -> TrainedM
     CheckpointReadError: checkpoints exist but none is readable (a
       FileNotFoundError whose one-line message names the newest one and why).
   """
-  workdir = pathlib.Path(workdir)
+  workdir = paths.as_path(workdir, "workdir")
   config_path = workdir / CONFIG_FILE
   if not config_path.is_file():
     raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  checkpoint_dir = workdir.absolute() / CHECKPOINT_DIR
+  checkpoint_dir = paths.absolute(workdir) / CHECKPOINT_DIR
   if not checkpoint_dir.is_dir():  # Checked first: orbax would create the folder.
     raise FileNotFoundError(f"no readable checkpoint in {checkpoint_dir}")
   with quiet_orbax():

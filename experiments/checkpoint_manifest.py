@@ -9,41 +9,35 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import pathlib
 
+from experiments import paths
 from experiments.orbax_errors import short_reason
 
 MANIFEST_FILE = "sha256_manifest.json"
 HASH_CHUNK_BYTES = 1 << 20
 
 
-def file_digest(path: pathlib.Path) -> str:
+def file_digest(path: paths.Path) -> str:
   """SHA-256 hex digest of a file, read in chunks."""
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
+  with path.open("rb") as f:
     while chunk := f.read(HASH_CHUNK_BYTES):
       digest.update(chunk)
   return digest.hexdigest()
 
 
-def write_manifest(step_dir: pathlib.Path) -> None:
+def write_manifest(step_dir: paths.Path) -> None:
   """Writes ``step_dir/sha256_manifest.json``: the digest of every other file (atomically)."""
   files = {
-    path.relative_to(step_dir).as_posix(): file_digest(path)
-    for path in sorted(step_dir.rglob("*"))
-    if path.is_file() and not path.name.startswith(MANIFEST_FILE)
+    name: file_digest(path)
+    for name, path in paths.files_under(step_dir)
+    if not path.name.startswith(MANIFEST_FILE)
   }
   text = json.dumps({"algorithm": "sha256", "files": files}, indent=1, sort_keys=True)
-  partial = step_dir / f"{MANIFEST_FILE}.partial"
-  with open(partial, "w") as f:
-    f.write(text + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(partial, step_dir / MANIFEST_FILE)
+  paths.atomic_write(step_dir / MANIFEST_FILE, text + "\n")
 
 
-def verify_manifest(step_dir: pathlib.Path) -> str | None:
+def verify_manifest(step_dir: paths.Path) -> str | None:
   """Why ``step_dir`` does not match its manifest (a file missing or changed), or None.
 
   A checkpoint without a manifest (older runs) is accepted.

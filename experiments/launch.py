@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import pathlib
 import signal
 import tempfile
 from collections.abc import Iterator
 
 import ml_collections
 
-from experiments import cli
+from experiments import cli, paths
 from experiments.cli import USAGE_ERROR, fail
 
 
@@ -30,15 +29,18 @@ def check_workdir(workdir: str) -> None:
   """
   from experiments.configs import ConfigError
 
-  path = pathlib.Path(workdir)
-  if path.exists() and not path.is_dir():
-    raise ConfigError(f"--workdir={workdir} is a file, not a directory")
+  path = paths.as_path(workdir, "--workdir")
   try:
+    if path.exists() and not path.is_dir():
+      raise ConfigError(f"--workdir={workdir} is a file, not a directory")
     path.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=path):
-      pass
+    if paths.is_local(path):
+      with tempfile.TemporaryFile(dir=path):
+        pass
   except OSError as error:
     raise ConfigError(f"--workdir={workdir} is not writable: {error.strerror or error}") from None
+  except ImportError as error:  # fsspec's message names the package a URL scheme needs.
+    raise ConfigError(f"--workdir={workdir}: {error}") from None
 
 
 def io_cause(error: BaseException) -> OSError | None:
@@ -58,9 +60,11 @@ def describe_io(error: OSError) -> str:
 
 
 def last_checkpoint(workdir: str) -> str:
-  steps = [
-    int(p.name) for p in (pathlib.Path(workdir) / "checkpoints").glob("*") if p.name.isdigit()
-  ]
+  try:
+    folder = paths.as_path(workdir) / "checkpoints"
+    steps = [int(p.name) for p in folder.glob("*") if p.name.isdigit()] if folder.exists() else []
+  except Exception:  # noqa: BLE001 - only a hint in an error message.
+    return "the checkpoints could not be listed"
   return f"the last checkpoint is step {max(steps)}" if steps else "no checkpoint was saved"
 
 
@@ -86,8 +90,17 @@ def interruptible() -> Iterator[None]:
     signal.signal(signal.SIGTERM, previous)
 
 
-def launch(config: ml_collections.ConfigDict, workdir: str, debug: bool = False) -> int:
-  """Validates the config and the workdir, trains, and maps each failure to its exit status."""
+def launch(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  debug: bool = False,
+  allow_config_changes: bool = False,
+) -> int:
+  """Validates the config and the workdir, trains, and maps each failure to its exit status.
+
+  ``allow_config_changes``: resume a workdir whose ``config.json`` differs
+  (``experiments.resume_check``).
+  """
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save at INFO.
   from experiments import data, schema  # Deferred: --help stays fast.
   from experiments.configs import ConfigError
@@ -101,7 +114,7 @@ def launch(config: ml_collections.ConfigDict, workdir: str, debug: bool = False)
 
   try:
     with interruptible():
-      _, metrics = train_and_evaluate(config, workdir)
+      _, metrics = train_and_evaluate(config, workdir, allow_config_changes)
   except (ConfigError, data.DatasetError) as error:
     return fail(str(error), USAGE_ERROR)
   except NonFiniteError as error:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +16,9 @@ import haiku as hk
 import jax
 import ml_collections
 import numpy as np
+
+from experiments import paths
+from experiments.paths import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
@@ -48,8 +50,12 @@ def to_python(value: Any) -> Any:
 class MetricsLogger:
   """Writes metric rows to ``metrics.jsonl`` and TensorBoard; shows a progress bar.
 
+  A local ``metrics.jsonl`` is appended to; on an object store (``gs://``...), which
+  cannot append, each write replaces the object with all rows so far. TensorBoard event
+  files on object stores are written the same way (``register_tensorboard_writer``).
+
   Args:
-    workdir: experiment directory (created if missing).
+    workdir: experiment directory (created if missing): a local path or a URL.
     start_step: first step of this run; rows of later steps left by an
       interrupted run are dropped so the log matches the resumed run.
     total_steps: length of the run, for the progress bar.
@@ -58,24 +64,28 @@ class MetricsLogger:
 
   def __init__(
     self,
-    workdir: str | pathlib.Path,
+    workdir: str | os.PathLike,
     start_step: int,
     total_steps: int,
     progress_bar: bool = True,
   ):
     self.active = jax.process_index() == 0
-    self.workdir = pathlib.Path(workdir)
+    self.workdir = paths.as_path(workdir, "--workdir")
     self.writer = None
+    self.rows: list[str] | None = None  # All rows, when the file is rewritten (object stores).
     self.bar = None
     self.bar_range: tuple[int, int] | None = None
     if not self.active:
       return
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.metrics_path = self.workdir / METRICS_FILE
-    truncate_after(self.metrics_path, start_step)
+    kept = truncate_after(self.metrics_path, start_step)
+    if not paths.is_local(self.workdir):
+      self.rows = kept
+      register_tensorboard_writer(paths.scheme_of(self.workdir))
     from tensorboardX import SummaryWriter  # Deferred: slow import.
 
-    self.writer = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=start_step + 1)
+    self.writer = SummaryWriter(os.fspath(self.workdir / "tensorboard"), purge_step=start_step + 1)
     self.bar_range = (start_step, total_steps) if progress_bar else None
 
   def write_config(self, config: ml_collections.ConfigDict) -> None:
@@ -106,8 +116,13 @@ class MetricsLogger:
     if not self.active:
       return
     row = {"step": int(step), "kind": kind, **{k: to_python(v) for k, v in metrics.items()}}
-    with self.metrics_path.open("a") as f:
-      f.write(json.dumps(row) + "\n")
+    line = json.dumps(row) + "\n"
+    if self.rows is None:
+      with self.metrics_path.open("a") as f:
+        f.write(line)
+    else:
+      self.rows.append(line)
+      self.metrics_path.write_text("".join(self.rows))
     for name, value in row.items():
       if name not in ("step", "kind") and isinstance(value, (int, float)):
         self.writer.add_scalar(f"{kind}/{name}", value, step)
@@ -133,17 +148,51 @@ class MetricsLogger:
       self.writer.close()
 
 
-def atomic_write(path: pathlib.Path, text: str) -> None:
-  """Writes ``text`` to a temporary file and renames it over ``path``."""
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+class ObjectRecordWriter:
+  """A TensorBoard event file on an object store: buffered, the whole object rewritten on flush."""
+
+  def __init__(self, url: str):
+    self.path = paths.as_path(url)
+    self.buffer = bytearray()
+    self.written = 0
+
+  def write(self, data: bytes) -> None:
+    self.buffer += data
+
+  def flush(self) -> None:
+    if len(self.buffer) != self.written:
+      self.path.write_bytes(bytes(self.buffer))
+      self.written = len(self.buffer)
+
+  def close(self) -> None:
+    self.flush()
 
 
-def truncate_after(path: pathlib.Path, step: int) -> None:
-  """Drops rows of ``path`` whose step is greater than ``step`` (atomically)."""
+class ObjectRecordWriterFactory:
+  """tensorboardX's writer factory interface, over ``paths.as_path`` (etils.epath)."""
+
+  def open(self, url: str) -> ObjectRecordWriter:
+    return ObjectRecordWriter(url)
+
+  def directory_check(self, url: str) -> None:
+    paths.as_path(url).mkdir(parents=True, exist_ok=True)
+
+
+def register_tensorboard_writer(scheme: str) -> None:
+  """Makes tensorboardX write event files of ``scheme`` URLs (``"gs://"``) through etils.epath.
+
+  tensorboardX's own ``gs://`` and ``s3://`` writers need the google-cloud-storage or
+  boto3 client; this one uses the same storage layer as the rest of the run.
+  """
+  from tensorboardX import record_writer
+
+  record_writer.register_writer_factory(scheme.removesuffix("://"), ObjectRecordWriterFactory())
+
+
+def truncate_after(path: paths.Path, step: int) -> list[str]:
+  """Drops rows of ``path`` whose step is greater than ``step`` (atomically); the rows kept."""
   if not path.is_file():
-    return
+    return []
   kept = []
   for line in path.read_text().splitlines():
     try:
@@ -151,4 +200,6 @@ def truncate_after(path: pathlib.Path, step: int) -> None:
         kept.append(line)
     except (ValueError, KeyError, TypeError):
       continue  # A partial line written when the process was killed.
-  atomic_write(path, "".join(line + "\n" for line in kept))
+  rows = [line + "\n" for line in kept]
+  atomic_write(path, "".join(rows))
+  return rows

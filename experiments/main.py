@@ -3,7 +3,12 @@ r"""Command-line entry point: flags -> ``experiments.train.train_and_evaluate``.
 Usage::
 
   python -m experiments.main --config=experiments/configs/quickstart.py[:arg] \
-    --workdir=DIR [--config.train.batch_size=64 ...] [--debug]
+    --workdir=DIR [--config.train.batch_size=64 ...] [--allow_config_changes] [--debug]
+
+``--workdir`` is a local path or a URL (``gs://bucket/run``, ``file:///path``;
+``experiments.paths``). Rerunning a command resumes its workdir; a config that differs
+from the workdir's ``config.json`` is refused unless ``--allow_config_changes``
+(``experiments.resume_check``), and a workdir another run is using is refused.
 
 The config is locked, so an override of a field that does not exist fails; every field
 is then checked against its declared type and range (``experiments.schema``) and the
@@ -29,6 +34,12 @@ CONFIG = config_flags.DEFINE_config_file(
 )
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
 DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an internal error.")
+ALLOW_CONFIG_CHANGES = flags.DEFINE_bool(
+  "allow_config_changes",
+  False,
+  "Resume a workdir even if the config differs from its config.json (beyond the fields "
+  "that may change on resume, experiments.resume_check.RESUMABLE).",
+)
 
 
 def main(argv: list[str]) -> int:
@@ -46,7 +57,9 @@ def main(argv: list[str]) -> int:
     )
   if not WORKDIR.value:
     return fail("--workdir is required", USAGE_ERROR)
-  return launch(config, WORKDIR.value, debug=DEBUG.value)
+  return launch(
+    config, WORKDIR.value, debug=DEBUG.value, allow_config_changes=ALLOW_CONFIG_CHANGES.value
+  )
 
 
 def flag_error_message(error: Exception) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import pathlib
 import signal
 import threading
 import time
@@ -36,7 +35,19 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from experiments import builder, checkpoint, cli, data, models, steps
+from experiments import (
+  builder,
+  checkpoint,
+  cli,
+  data,
+  models,
+  paths,
+  resume_check,
+  shared_storage,
+  steps,
+  telemetry,
+  workdir_lock,
+)
 from experiments.logger import MetricsLogger
 from experiments.train_state import TrainState
 
@@ -149,10 +160,15 @@ class Trainer:
   pieces (``train_step``, ``eval_step``, ``checkpointer``, ``initial_state``).
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    allow_config_changes: bool = False,
+  ):
     builder.check_config(config, jax.device_count())
     self.config = config
-    self.workdir = pathlib.Path(workdir)
+    self.workdir = paths.as_path(workdir, "--workdir")
     self.train_source = data.load_source(config.data, "train")
     self.test_source = data.load_source(config.data, "test")
     self.val_source = (
@@ -165,13 +181,30 @@ class Trainer:
     self.train_step = self.experiment.train_step
     self.eval_step = self.experiment.eval_step
     self.mesh = self.experiment.mesh
-    self.checkpointer = checkpoint.Checkpointer(
-      self.workdir, models.model_identity(config, num_classes), config.train.keep_checkpoints
-    )
-    self.checkpointer.check_identity()  # Before anything in the workdir is written.
+    shared_storage.check_shared_workdir(self.workdir)
+    self.lock = workdir_lock.acquire_for_run(self.workdir)  # Before orbax cleans the folder.
+    try:
+      self.checkpointer = checkpoint.Checkpointer(
+        self.workdir, models.model_identity(config, num_classes), config.train.keep_checkpoints
+      )
+      self.checkpointer.check_identity()  # Before anything in the workdir is written.
+      resuming = bool(self.checkpointer.steps())
+      self.config_changes = (
+        resume_check.check(self.workdir, config, allow_config_changes) if resuming else []
+      )
+    except BaseException:
+      self.release()
+      raise
     self.last_saved: int | None = None  # Step of the newest checkpoint (NaN-guard message).
     self.stop = StopRequest()
     self.clock: Callable[[], float] = time.monotonic  # Seconds; for checkpoint_every_minutes.
+    self.telemetry = telemetry.Telemetry(config, self.workdir, self.experiment, self.image_shape())
+
+  def release(self) -> None:
+    """Releases the workdir lock (``run`` does at its end; call it if ``run`` is not called)."""
+    if self.lock is not None:
+      self.lock.release()
+      self.lock = None
 
   def image_shape(self) -> tuple[int, int, int]:
     """Training input shape (H, W, C): ``data.image_size`` or the stored size."""
@@ -217,11 +250,15 @@ class Trainer:
     total = self.schedule.total_steps
     state = self.initial_state()
     start = checkpoint.steps_of(state)
+    if self.lock is not None:
+      self.lock.record_holder()
     logger = MetricsLogger(self.workdir, start, total, cfg.progress_bar)
     logger.write_config(self.config)
     logger.print_params(steps.fetch(state.params))
     if start:
       logger.note(f"resuming from the checkpoint of step {start} of {total}")
+    if self.config_changes:
+      logger.note("resuming with changed fields: " + "; ".join(self.config_changes))
     if start < total:
       logger.clear_done()
     batches = data.train_batches(
@@ -246,6 +283,7 @@ class Trainer:
     try:
       with self.stop.installed(signals):
         for step in range(start + 1, total + 1):
+          self.telemetry.step(step, state)  # Starts or stops the profiler trace.
           state, metrics = self.train_step(state, steps.global_batch(next(batches), self.mesh))
           if pending is not None:
             train_metrics = self.finish_step(*pending, logger, clock)
@@ -265,6 +303,8 @@ class Trainer:
             last_save_time = self.clock()
           else:
             self.checkpointer.poll()  # The manifest of a finished save.
+          if self.lock is not None:
+            self.lock.renew()  # An object-store lease, once a minute; locally nothing.
           if evaluate:
             eval_metrics, val_metrics = self.evaluate_splits(state, step, is_last, logger)
           if evaluate or save:
@@ -279,8 +319,12 @@ class Trainer:
       final = {f"eval/{k}": v for k, v in eval_metrics.items()}
       logger.write_done(total, {**final, **{f"val/{k}": v for k, v in val_metrics.items()}})
     finally:
+      self.telemetry.close()
       logger.close()
-      self.checkpointer.close()
+      try:
+        self.checkpointer.close()
+      finally:
+        self.release()
     summary = {f"train/{k}": v for k, v in train_metrics.items()}
     summary.update({f"eval/{k}": v for k, v in eval_metrics.items()})
     summary.update({f"val/{k}": v for k, v in val_metrics.items()})
@@ -343,8 +387,9 @@ class Trainer:
     log_every = self.config.train.log_every
     if (log_every > 0 and step % log_every == 0) or step == self.schedule.total_steps:
       now = time.perf_counter()
-      images = (step - clock["step"]) * self.config.train.batch_size
-      host["images_per_s"] = images / max(now - clock["time"], 1e-9)
+      seconds, window = max(now - clock["time"], 1e-9), step - clock["step"]
+      host["images_per_s"] = window * self.config.train.batch_size / seconds
+      host.update(self.telemetry.fields(window, seconds))  # Step time, MFU, memory.
       clock.update(time=now, step=step)
       logger.write(step, host)
       logger.progress(step, host["loss"], host["images_per_s"])
@@ -354,21 +399,27 @@ class Trainer:
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+  config: ml_collections.ConfigDict,
+  workdir: str | os.PathLike,
+  allow_config_changes: bool = False,
 ) -> tuple[TrainState, dict[str, Any]]:
   """Trains and evaluates the model the config describes; resumes from ``workdir``.
 
   Args:
     config: experiment config (``experiments/configs/*.py``).
     workdir: where checkpoints, ``metrics.jsonl``, TensorBoard events and
-      ``config.json`` go. Existing checkpoints of the same model are resumed.
+      ``config.json`` go: a local path or a URL (``experiments.paths``). Existing
+      checkpoints of the same model are resumed, under the same config.
+    allow_config_changes: resume even if fields other than
+      ``resume_check.RESUMABLE`` differ from the workdir's ``config.json``.
 
   Returns:
     The final TrainState (replicated over the mesh) and a flat dict of final
     metrics: ``train/*`` of the last step, ``eval/*`` of the final evaluation.
 
   Raises:
-    ConfigError: invalid config, or checkpoints of another model in ``workdir``.
+    ConfigError: invalid config, checkpoints of another model in ``workdir``, a
+      changed config (see ``allow_config_changes``), or another run holding ``workdir``.
     data.DatasetError: missing or corrupt data.
     NonFiniteError: a non-finite loss or gradient norm (nothing bad is saved).
     TrainingInterrupted: SIGTERM, SIGINT or a preemption notice stopped the run
@@ -376,4 +427,5 @@ def train_and_evaluate(
     checkpoint.CheckpointWriteError: a checkpoint could not be written.
   """
   maybe_initialize_distributed(config)
-  return Trainer(config, workdir).run()
+  telemetry.enable_compilation_cache(config)  # Before anything is compiled.
+  return Trainer(config, workdir, allow_config_changes).run()

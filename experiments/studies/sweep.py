@@ -49,7 +49,7 @@ from typing import Any
 import ml_collections
 from absl import flags
 
-from experiments import cli
+from experiments import cli, paths
 from experiments.cli import fail
 from experiments.configs import ConfigError
 from experiments.configs.sweeps import SweepEntry
@@ -361,7 +361,7 @@ def reuse_run(sweep: Sweep, entry: SweepEntry, root: str, extra: Sequence[str]) 
   """
   if not entry.reuse:
     return None
-  source = pathlib.Path(root) / entry.reuse
+  source = paths.as_path(root) / entry.reuse
   if entry_state(source) != "finished":
     return None
   try:
@@ -370,7 +370,7 @@ def reuse_run(sweep: Sweep, entry: SweepEntry, root: str, extra: Sequence[str]) 
     return None
   if not same_config(ran, json.loads(sweep_config(sweep, entry, extra).to_json_best_effort())):
     return None
-  run_dir = pathlib.Path(root) / entry.name
+  run_dir = paths.as_path(root) / entry.name
   run_dir.mkdir(parents=True, exist_ok=True)
   for name in (CONFIG_FILE, METRICS_FILE):
     shutil.copyfile(source / name, run_dir / name)
@@ -399,7 +399,7 @@ def run_sweep(sweep: Sweep, root: str, extra: Sequence[str] = ()) -> list[tuple[
   results = []
   total = len(sweep.entries)
   for index, entry in enumerate(sweep.entries, 1):
-    run_dir = pathlib.Path(root) / entry.name
+    run_dir = paths.as_path(root) / entry.name
     try:
       wanted = json.loads(sweep_config(sweep, entry, extra).to_json_best_effort())
     except ConfigError as error:
@@ -451,8 +451,15 @@ def main(argv: list[str]) -> int:
   try:
     sweep = load_sweep(CONFIG.value, ONLY.value)
     check_overrides(sweep, SET.value)
+    root = paths.as_path(WORKDIR.value, "--workdir")
   except ConfigError as error:
     return fail(str(error))
+  if not DRY_RUN.value and not paths.is_local(root):
+    return fail(
+      f"--workdir={WORKDIR.value}: the sweep runs its entries here and keeps their logs "
+      "locally, so it needs a local or shared directory; --dry_run prints the launch commands "
+      "for this URL"
+    )
   if DRY_RUN.value:
     for entry in sweep.entries:
       print(shlex.join(entry_command(sweep, entry, WORKDIR.value, SET.value)))
