@@ -69,6 +69,7 @@ FASHION_MNIST_SWEEPS = (
   "table1_tune",
   "meanshift_tune",
   "activation_tune",
+  "large_batch_tune",
   "table1_short",
   "table2_short",
   "depth",

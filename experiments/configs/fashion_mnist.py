@@ -1,5 +1,7 @@
 """Fashion-MNIST at CPU scale: the paper's comparisons (Tables 1-2, mean shift, activations).
 
+Also the NFNets paper's large-batch comparison (AGC; ``large_batch_tune``, ``large_batch``).
+
 Reproduces, on a 2-core CPU in minutes per run: NF-ResNets match BN-ResNets
 (Table 1), NF does not degrade at small batch sizes where BN does (Table 2),
 Scaled WS is what lets a deep NF network train (He init without WS vs Scaled
@@ -80,6 +82,8 @@ PROTOCOL_SWEEPS = (
   "meanshift",
   "activation_tune",
   "activation",
+  "large_batch_tune",
+  "large_batch",
 )
 
 
@@ -88,9 +92,11 @@ def get_sweep(arg: str | None = None) -> list[sweeps.SweepEntry]:
 
   ``<study>_tune`` is the learning-rate grid at seed 0, ``<study>`` the seeds at the rates
   ``experiments.studies.tune`` chose (``results/<study>/tuning.csv``); ``table2`` takes
-  its models' rates from study ``table1``. The short sweeps (``table1_short``,
-  ``table2_short``, ``depth``, ``activation_short``, ``meanshift_short``, ``table3``) are the
-  0.1-epoch studies without tuning or validation split.
+  its models' rates from study ``table1``. ``large_batch_tune`` / ``large_batch``: NF-ResNet-18
+  without and with AGC (five thresholds) and BN-ResNet-18 at batch 256 to 8192, the same 10
+  epochs each, micro-batches of at most 1,024 (docs/reproducing.md, "Large-batch study"). The
+  short sweeps (``table1_short``, ``table2_short``, ``depth``, ``activation_short``,
+  ``meanshift_short``, ``table3``) are the 0.1-epoch studies without tuning or validation split.
   """
   if arg in PROTOCOL_SWEEPS:
     return protocol_sweep(arg, RECIPE.what, PROTOCOL)

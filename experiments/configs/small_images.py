@@ -37,7 +37,11 @@ CPU_DEPTHS = (18, 26)
 MEANSHIFT_DEPTH = 50
 RESULTS_DIR = pathlib.Path(__file__).resolve().parents[2] / "results"
 TUNING_CSV = "tuning.csv"
+TUNE_SUFFIX = "_tune"  # ``<study>_tune``: the study's learning-rate grid.
 TABLE1_BATCH = 128  # The protocol's batch size, Table 1's runs.
+LARGE_BATCH_LOGGING = {"train.log_every": 1}
+"""The large-batch study logs every step: its gradient-norm spikes are counted on the train rows
+(``experiments.studies.large_batch``), and at batch 8192 a 10-epoch run has only 68 steps."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +85,7 @@ def build_config(arg: str | None, recipe: SmallImageRecipe) -> ml_collections.Co
     config.model_name = config_args.MODEL_NAMES[a["model"]]
     dropout = config_args.REGULARIZED_DROPOUT if a["regularized"] else 0.0
     config.model = ml_collections.ConfigDict(
-      {"variant": a["variant"], "width": a["width"], "dropout_rate": dropout}
+      {"variant": a["variant"], "width": a["width"], "dropout_rate": dropout, "remat": False}
     )
   else:
     config.model_name, config.model = config_args.resnet_model(
@@ -134,6 +138,10 @@ class Protocol:
     meanshift: ``(depth, width)`` of the mean-shift study's networks.
     batch_sizes: Table 2's batch sizes.
     regnet: ``(variant, width)`` of the NF-RegNet vs BN-RegNet study.
+    large_batch_sizes: the large-batch study's batch sizes (NF, NF + AGC, BN at depth 18).
+    agc_clips: its AGC clipping thresholds (``optimizer.agc_clip``).
+    max_micro_batch: the largest micro-batch of its runs; a larger batch is accumulated
+      (``train.grad_accum_steps``, ``experiments.configs.sweeps.accumulation_steps``).
   """
 
   overrides: Mapping[str, Any]
@@ -143,6 +151,9 @@ class Protocol:
   meanshift: tuple[int, float] = (MEANSHIFT_DEPTH, 0.125)
   batch_sizes: tuple[int, ...] = (1024, 512, 256, 128, 64, 32, 16, 8, 4)
   regnet: tuple[str, float] = ("B0", 0.25)
+  large_batch_sizes: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192)
+  agc_clips: tuple[float, ...] = (0.01, 0.02, 0.04, 0.08, 0.16)
+  max_micro_batch: int = 1024
 
 
 def protocol_cells(study: str, protocol: Protocol) -> list[sweeps.SweepEntry]:
@@ -168,9 +179,17 @@ def protocol_cells(study: str, protocol: Protocol) -> list[sweeps.SweepEntry]:
       )
       for model in config_args.REGNET_MODELS
     ]
+  elif study == "large_batch":
+    entries = [
+      dataclasses.replace(e, overrides={**e.overrides, **LARGE_BATCH_LOGGING})
+      for e in sweeps.large_batch(
+        18, protocol.large_batch_sizes, protocol.agc_clips, protocol.max_micro_batch
+      )
+    ]
   else:
     raise ConfigError(
-      f"unknown protocol study {study!r}; allowed: table1, meanshift, activation, regnet"
+      f"unknown protocol study {study!r}; allowed: table1, meanshift, activation, regnet, "
+      "large_batch"
     )
   return [
     dataclasses.replace(cell, overrides={**protocol.overrides, **cell.overrides})
@@ -257,8 +276,8 @@ def table1_reuse(cell: str, seed: int) -> str | None:
 
 def protocol_sweep(name: str, what: str, protocol: Protocol) -> list[sweeps.SweepEntry]:
   """``<study>_tune`` (learning-rate grid, seed 0) or ``<study>`` (seeds at the chosen rate)."""
-  study, _, stage = name.partition("_")
-  if study == "table2" and not stage:
+  study, tune = name.removesuffix(TUNE_SUFFIX), name.endswith(TUNE_SUFFIX)
+  if study == "table2" and not tune:
     cells = table2_cells(protocol, tuned_rates(what, "table1"))
     return [
       sweeps.SweepEntry(
@@ -271,10 +290,8 @@ def protocol_sweep(name: str, what: str, protocol: Protocol) -> list[sweeps.Swee
       for seed in range(protocol.seeds)
     ]
   cells = protocol_cells(study, protocol)
-  if stage == "tune":
+  if tune:
     return sweeps.lr_grid(cells, protocol.centre_lr, extra=grid_extensions(what, study))
-  if stage:
-    raise ConfigError(f"unknown protocol sweep {name!r}: use {study} or {study}_tune")
   rates = tuned_rates(what, study)
   reuse = {f"{cell}_seed0": f"../tuning/{run}" for cell, run in chosen_runs(what, study).items()}
   return sweeps.tuned_seeds(cells, rates, protocol.seeds, reuse)

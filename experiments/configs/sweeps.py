@@ -24,6 +24,7 @@ from experiments.configs.args import join_args
 TABLE1_MODELS = ("nf", "bn", "skipinit", "fixup")  # Paper Table 1 columns.
 ACTIVATIONS = ("relu", "silu", "gelu")  # Appendix: NF networks with other activations.
 MEANSHIFT_MODELS = ("nf", "he", "bn")  # Figure 2's networks, trained (Scaled WS vs He init).
+AGC_FIELD = "optimizer.agc_clip"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +145,51 @@ def table3(variants: Sequence[str], seeds: int = 1) -> list[SweepEntry]:
     for variant in variants
     for seed in range(seeds)
   ]
+
+
+def accumulation_steps(batch: int, max_micro_batch: int) -> int:
+  """Micro-batches per step so that none exceeds ``max_micro_batch``: the fewest that divide.
+
+  ``train.grad_accum_steps`` must divide the batch, so it is the smallest divisor ``k`` of
+  ``batch`` with ``batch / k <= max_micro_batch`` (``batch // max_micro_batch`` for powers of 2).
+  """
+  if batch < 1 or max_micro_batch < 1:
+    raise ConfigError(f"batch {batch} and micro-batch {max_micro_batch} must be positive")
+  return next(k for k in range(-(-batch // max_micro_batch), batch + 1) if batch % k == 0)
+
+
+def large_batch(
+  depth: int,
+  batch_sizes: Iterable[int],
+  agc_clips: Sequence[float],
+  max_micro_batch: int,
+  models: Sequence[str] = ("nf", "bn"),
+) -> list[SweepEntry]:
+  """NF without and with AGC at each clipping threshold, and BN, at every batch size.
+
+  The large-batch comparison of the NFNets paper (Brock, De, Smith & Simonyan 2021,
+  arXiv 2102.06171, Section 4): the number of epochs stays the config's at every batch size,
+  so larger batches take fewer steps. AGC (``optimizer.agc_clip``) is added to the first of
+  ``models`` (the NF network). A batch larger than ``max_micro_batch`` is accumulated
+  (``train.grad_accum_steps``, ``accumulation_steps``): exact for NF networks, while a BN
+  network normalizes each micro-batch with its own statistics (docs/performance.md).
+  Entries are named ``<model><depth>[_agc<clip>]_batch<batch>``, without a seed.
+  """
+  variants = [(models[0], None), *((models[0], clip) for clip in agc_clips)]
+  variants += [(model, None) for model in models[1:]]
+  entries = []
+  for model, clip in variants:
+    agc = {} if clip is None else {AGC_FIELD: clip}
+    suffix = "" if clip is None else f"_agc{clip:g}"
+    for batch in batch_sizes:
+      overrides = {
+        "train.batch_size": batch,
+        "train.grad_accum_steps": accumulation_steps(batch, max_micro_batch),
+        **agc,
+      }
+      name = f"{model}{depth}{suffix}_batch{batch}"
+      entries.append(SweepEntry(name, f"model={model},depth={depth}", overrides))
+  return entries
 
 
 def powers_of_two(largest: int, smallest: int) -> list[int]:
