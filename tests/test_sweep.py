@@ -173,8 +173,32 @@ def test_entry_state(tmp_path):
   assert sweep.entry_state(tmp_path / "never") == "new"
   (tmp_path / "run" / "checkpoints" / "40").mkdir(parents=True)
   assert sweep.entry_state(tmp_path / "run") == "interrupted"
+  (tmp_path / "run" / "sweep_status.json").write_text('{"status": "diverged"}')
+  assert sweep.entry_state(tmp_path / "run") == "diverged"
   (tmp_path / "run" / "sweep_status.json").write_text('{"status": "done"}')
   assert sweep.entry_state(tmp_path / "run") == "finished"
+
+
+def test_a_diverged_entry_is_reported_and_not_rerun(sweep_root, tmp_path, capsys):
+  """Its rerun would diverge at the same step again: the sweep skips it, and says so."""
+  config, _, _ = sweep_root
+  loaded = sweep.load_sweep(f"{config}:pair")
+  error = "error: non-finite loss at step 2 (loss nan); training stopped (none saved)"
+  for name, status in (("pair_a", "diverged"), ("pair_b", "done")):
+    (tmp_path / name).mkdir()
+    record = {"status": status, "returncode": 3 if status == "diverged" else 0, "error": error}
+    (tmp_path / name / "sweep_status.json").write_text(json.dumps(record))
+  results = sweep.run_sweep(loaded, str(tmp_path))
+  assert [(name, s["status"]) for name, s in results] == [
+    ("pair_a", "diverged"),
+    ("pair_b", "done"),
+  ]
+  assert "[1/2] pair_a: diverged, skipped" in capsys.readouterr().out
+  summary, ok = sweep.summarize(results)
+  assert not ok and summary.splitlines() == [
+    "sweep: 1 of 2 entries done",
+    f"  diverged: pair_a: {error}",
+  ]
 
 
 def test_reuse_copies_a_finished_run_with_the_same_config_only(sweep_root):

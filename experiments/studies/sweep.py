@@ -237,9 +237,16 @@ def read_status(run_dir: pathlib.Path) -> dict:
 
 
 def entry_state(run_dir: pathlib.Path) -> str:
-  """ "finished", "interrupted" (checkpoints, not done) or "new"."""
-  if read_status(run_dir).get("status") == "done":
-    return "finished"
+  """ "finished", "diverged", "interrupted" (checkpoints, not done) or "new".
+
+  A diverged entry (exit status ``cli.DIVERGED``: a non-finite loss, gradient or parameter
+  norm) is not rerun: resuming it from its last checkpoint would diverge again at the same
+  step, since the data and the updates are a function of (seed, step). Delete its folder
+  to run it again.
+  """
+  status = read_status(run_dir).get("status")
+  if status in ("done", "diverged"):
+    return "finished" if status == "done" else "diverged"
   checkpoints = run_dir / CHECKPOINT_DIR
   if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
     return "interrupted"
@@ -298,7 +305,8 @@ def run_entry(command: list[str], run_dir: pathlib.Path) -> dict:
     log.flush()
     code, received = run_child([sys.executable, *command[1:]], log, env)
   done = code == 0 and received is None
-  status = {"status": "done" if done else "interrupted" if received else "failed"}
+  outcome = "diverged" if code == cli.DIVERGED else "failed"
+  status = {"status": "done" if done else "interrupted" if received else outcome}
   status["returncode"] = code
   status["wall_s"] = round(time.perf_counter() - start, 1)
   status["command"] = shlex.join(command)
@@ -412,8 +420,8 @@ def run_sweep(sweep: Sweep, root: str, extra: Sequence[str] = ()) -> list[tuple[
       print(f"[{index}/{total}] {entry.name}: FAILED: {other}", flush=True)
       results.append((entry.name, {"status": "failed", "error": f"error: {other}"}))
       continue
-    if state == "finished":
-      print(f"[{index}/{total}] {entry.name}: finished, skipped", flush=True)
+    if state in ("finished", "diverged"):
+      print(f"[{index}/{total}] {entry.name}: {state}, skipped", flush=True)
       results.append((entry.name, read_status(run_dir)))
       continue
     reused = reuse_run(sweep, entry, root, extra) if state == "new" else None
@@ -436,7 +444,10 @@ def summarize(results: list[tuple[str, dict]]) -> tuple[str, bool]:
   """A summary text listing failed entries; and whether all entries are done."""
   failed = [(name, s) for name, s in results if s.get("status") != "done"]
   lines = [f"sweep: {len(results) - len(failed)} of {len(results)} entries done"]
-  lines += [f"  failed: {name}: {s.get('error', 'unknown error')}" for name, s in failed]
+  lines += [
+    f"  {s.get('status', 'failed')}: {name}: {s.get('error', 'unknown error')}"
+    for name, s in failed
+  ]
   return "\n".join(lines), not failed
 
 
