@@ -144,6 +144,27 @@ def test_manifest_round_trip_in_the_bucket(bucket):
   )
 
 
+def test_image_folder_in_the_bucket(bucket):
+  """ImageNet-style folders at a URL: classes from train/, the test split from validation/."""
+  from experiments.data import image_folder, jpeg
+
+  image = jpeg.encode(np.full((12, 10, 3), 128, np.uint8))
+  for split, names in (("train", ("a.JPEG", "b.jpg", "notes.txt")), ("validation", ("c.JPEG",))):
+    for label in ("n01", "n02"):
+      for name in names:
+        (bucket / split / label).mkdir(parents=True, exist_ok=True)
+        (bucket / split / label / name).write_bytes(image)
+  train = image_folder.ImageFolderSource(os.fspath(bucket), "train", (0.5,) * 3, (0.2,) * 3)
+  assert train.classes == ["n01", "n02"] and len(train) == 4  # notes.txt is no image.
+  assert train.path(3) == f"{bucket}/train/n02/b.jpg"
+  assert train[3]["image"] == image and train[3]["label"] == 1
+  test = image_folder.ImageFolderSource(os.fspath(bucket), "test", (0.5,) * 3, (0.2,) * 3)
+  assert [test.path(i).rsplit("/", 3)[1:] for i in range(2)] == [
+    ["validation", "n01", "c.JPEG"],
+    ["validation", "n02", "c.JPEG"],
+  ]
+
+
 def test_logger_writes_rows_config_events_and_done_to_the_bucket(bucket):
   logger = MetricsLogger(bucket, start_step=0, total_steps=4, progress_bar=False)
   logger.write_config(tiny_config())
