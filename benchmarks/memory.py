@@ -249,18 +249,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # ConfigError is a ValueError.
       return cli.fail(f"{case.label()}: {error}")
   out_dir = pathlib.Path(args.out_dir)
-  if out_dir.exists() and not out_dir.is_dir():
-    return cli.fail(f"--out_dir={args.out_dir} exists and is not a folder")
+  why = results_guard.out_dir_problem(args.out_dir)
+  if why:
+    return cli.fail(why)
   machine = args.machine or suite.default_machine()
   stem = out_dir / f"memory-{machine}"
   arguments = {k: v for k, v in vars(args).items() if k not in ("machine", "out_dir", "force")}
   why = None if args.force else overwrite_error(stem, arguments)
   if why:
     return cli.fail(f"{why}; pass --force to overwrite it")
-  try:
-    out_dir.mkdir(parents=True, exist_ok=True)
-  except OSError as error:
-    return cli.fail(f"--out_dir={args.out_dir}: {error}")
+  why = results_guard.make_out_dir(args.out_dir)
+  if why:
+    return cli.fail(why)
   payload: dict[str, Any] = {
     "machine": machine,
     "device": device_label(),

@@ -620,8 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   why = check_threads(args.threads)
   out_dir = pathlib.Path(args.out_dir)
-  if not why and out_dir.exists() and not out_dir.is_dir():
-    why = f"--out_dir={args.out_dir} exists and is not a folder"
+  why = why or results_guard.out_dir_problem(args.out_dir)
   machine = args.machine or suite.default_machine()
   stem = out_dir / suite.results_stem(f"peers-{machine}", args.only)
   arguments = {k: getattr(args, k) for k in (*SELECTION, "rounds", "steps", "warmup")}
@@ -633,7 +632,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   failed = ensure_venv(args.peers_venv, create=not args.no_create)
   if failed:
     return cli.fail(*failed)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  failed = results_guard.make_out_dir(args.out_dir)
+  if failed:
+    return cli.fail(failed)
   pin_threads(args.threads)
   command = worker_command(venv_python(args.peers_venv), args.threads)
   with Worker(command, worker_env(args.threads, args.omp_wait_policy)) as worker:

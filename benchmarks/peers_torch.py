@@ -8,8 +8,8 @@ Protocol (stdin requests, stdout replies, one JSON object per line; every reply 
 ``ok``, and ``error`` when it is false):
 
 - at start it sends ``{"ok": true, "ready": true, "torch": ..., "timm": ..., "threads": N}``;
-- ``{"op": "prepare", "case": NAME, "spec": SPEC, "warmup": W}`` builds the timm model
-  of ``SPEC`` (``name``, ``kwargs``, ``in_chans``, ``num_classes``, ``cifar_stem``,
+- ``{"op": "prepare", "case": NAME, "spec": MODEL, "warmup": W}`` builds the timm model
+  that ``MODEL`` describes (``name``, ``kwargs``, ``in_chans``, ``num_classes``, ``cifar_stem``,
   ``resolution``, ``batch_size``, ``mode``), its optimizer and a random batch, runs ``W``
   untimed steps and replies with ``params`` (the parameter count);
 - ``{"op": "time", "case": NAME, "steps": N}`` runs ``N`` steps, each timed on its own,

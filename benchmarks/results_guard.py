@@ -27,3 +27,20 @@ def previous(stem: pathlib.Path, tool: str, key: str) -> tuple[dict[str, Any] | 
   except (OSError, ValueError):
     return None, f"{json_path} exists and is not a {tool} results file"
   return payload, None
+
+
+def out_dir_problem(out_dir: str) -> str | None:
+  """Why ``--out_dir`` cannot hold results (it is a file), or None."""
+  path = pathlib.Path(out_dir)
+  if path.exists() and not path.is_dir():
+    return f"--out_dir={out_dir} exists and is not a folder"
+  return None
+
+
+def make_out_dir(out_dir: str) -> str | None:
+  """Creates ``--out_dir``; why it could not be created, or None."""
+  try:
+    pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    return f"--out_dir={out_dir}: {error}"
+  return None

@@ -201,17 +201,17 @@ def main(argv: list[str] | None = None) -> int:
     names = ", ".join(name for name, _, _ in CASES)
     return cli.fail(f"--only={args.only!r} matches no case{hint}; cases: {names}")
   out_dir = pathlib.Path(args.out_dir)
-  if out_dir.exists() and not out_dir.is_dir():
-    return cli.fail(f"--out_dir={args.out_dir} exists and is not a folder")
+  why = results_guard.out_dir_problem(args.out_dir)
+  if why:
+    return cli.fail(why)
   machine = args.machine or default_machine()
   stem = out_dir / results_stem(machine, args.only)
   why = None if args.force else overwrite_error(stem, args.only, args.full)
   if why:
     return cli.fail(f"{why}; pass --force to overwrite it")
-  try:
-    out_dir.mkdir(parents=True, exist_ok=True)
-  except OSError as error:
-    return cli.fail(f"--out_dir={args.out_dir}: {error}")
+  why = results_guard.make_out_dir(args.out_dir)
+  if why:
+    return cli.fail(why)
   start = time.perf_counter()
   peak_flops = measure_peak()
   header = {

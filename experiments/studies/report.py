@@ -39,7 +39,7 @@ from typing import Any
 
 from absl import flags
 
-from experiments import cli
+from experiments import cli, resume_check
 from experiments.cli import fail
 from experiments.studies.plot import label, plot_groups
 
@@ -150,17 +150,6 @@ class Group:
     return max(self.values) if self.values else math.nan
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """``{"model": {"depth": 50}}`` -> ``{"model.depth": 50}``."""
-  flat: dict[str, Any] = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      flat.update(flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def read_json(path: pathlib.Path) -> dict:
   try:
     return json.loads(path.read_text())
@@ -210,7 +199,7 @@ def collect_runs(root: str | pathlib.Path) -> list[Run]:
     runs.append(
       Run(
         name=str(run_dir.relative_to(root)) if run_dir != root else root.name,
-        config=flatten(read_json(run_dir / CONFIG_FILE)),
+        config=resume_check.flatten(read_json(run_dir / CONFIG_FILE)),
         final=final_rows(metrics),
         status=read_json(run_dir / STATUS_FILE),
         val_curve=val_curve(metrics),
