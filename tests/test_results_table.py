@@ -55,7 +55,7 @@ def test_check_fails_on_an_altered_copy(tmp_path, capsys):
   assert summary.main(["--results", results, "--check", str(copy)]) == 0  # The copy as committed.
   begin = copy.read_text().index("<!-- results:begin -->")
   text = copy.read_text()
-  row = text.index("| [table1]", begin)
+  row = text.index("| [short/table1]", begin)
   digit = next(i for i in range(text.index("NF ", row), len(text)) if text[i].isdigit())
   altered = text[:digit] + str((int(text[digit]) + 1) % 10) + text[digit + 1 :]
   copy.write_text(altered)
@@ -70,13 +70,13 @@ def test_check_fails_on_an_altered_copy(tmp_path, capsys):
 
 def test_stale_report_is_an_error(tmp_path, capsys):
   results = tmp_path / "results"
-  shutil.copytree(RESULTS / "activation", results / "activation")
-  report_csv = results / "activation" / "report.csv"
+  shutil.copytree(RESULTS / "short" / "activation", results / "short" / "activation")
+  report_csv = results / "short" / "activation" / "report.csv"
   lines = report_csv.read_text().splitlines()
   report_csv.write_text("\n".join(lines[:-1]) + "\n")  # One group fewer than the runs give.
   readme = tmp_path / "README.md"
   readme.write_text("<!-- results:begin -->\n<!-- results:end -->\n")
-  # The report names its runs relative to the repository root: results/activation/runs.
+  # The report names its runs relative to the repository root: results/short/activation/runs.
   assert summary.main(["--results", str(results), "--check", str(readme)]) == 2
   assert "does not match the runs" in capsys.readouterr().err
 

@@ -25,7 +25,8 @@ Command::
     --workdir=results/table1/runs
 
 Hardware: 2 CPU cores, no accelerator; 1-2 minutes per depth-18 run, 2-5 minutes
-at depth 50 (shared machine). Measured results: ``results/<study>/report.md``, summarised
+at depth 50 (shared machine). Measured results: the 0.1-epoch screens in
+``results/short/<study>/report.md`` (the protocol studies in ``results/<study>/``), summarised
 in the README's results table and discussed in docs/reproducing.md.
 """
 
@@ -96,7 +97,8 @@ def get_sweep(arg: str | None = None) -> list[sweeps.SweepEntry]:
   without and with AGC (five thresholds) and BN-ResNet-18 at batch 256 to 8192, the same 10
   epochs each, micro-batches of at most 1,024 (docs/reproducing.md, "Large-batch study"). The
   short sweeps (``table1_short``, ``table2_short``, ``depth``, ``activation_short``,
-  ``meanshift_short``, ``table3``) are the 0.1-epoch studies without tuning or validation split.
+  ``meanshift_short``, ``table3``) are the 0.1-epoch studies without tuning or validation split
+  (committed in ``results/short/<study>/runs``, ``bash results/run_studies.sh``).
   """
   if arg in PROTOCOL_SWEEPS:
     return protocol_sweep(arg, RECIPE.what, PROTOCOL)
