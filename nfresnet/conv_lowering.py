@@ -55,6 +55,17 @@ def output_size_and_padding(
   return out, total // 2, total - total // 2
 
 
+def pixel_product(x: jax.Array, weight: jax.Array) -> jax.Array:
+  """``x @ weight`` over the last axis of NHWC ``x``, as one 2-D product of ``(N*H*W, C)``.
+
+  XLA:CPU runs the 2-D form (and its gradients: the weight gradient contracts one
+  axis instead of three) 1.1-2.6x faster than the same ``jnp.dot`` on the 4-D
+  array, which transposes the output gradient first (benchmarks/NOTES.md).
+  """
+  flat = x.reshape(-1, x.shape[-1])
+  return jnp.dot(flat, weight).reshape(*x.shape[:-1], weight.shape[-1])
+
+
 def shifted_dots_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: str) -> jax.Array:
   """Ungrouped NHWC x HWIO convolution as ``sum_ij x_pad[:, i::s, j::s] @ W[i, j]``."""
   kh, kw = kernel.shape[:2]
@@ -66,7 +77,7 @@ def shifted_dots_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: str
   for i in range(kh):
     for j in range(kw):
       tap = xp[:, i : i + (ho - 1) * stride + 1 : stride, j : j + (wo - 1) * stride + 1 : stride]
-      term = jnp.dot(tap, kernel[i, j])
+      term = pixel_product(tap, kernel[i, j])
       out = term if out is None else out + term
   return out
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from nfresnet.activations import ActivationLike, get_activation, scaled_activation
 from nfresnet.blocks import NF_BLOCKS, ConvFactory, ResidualBlock, call_block
 from nfresnet.layout import STEMS, check_choice, resnet_specs
+from nfresnet.pooling import max_pool
 from nfresnet.stacking import stacked_blocks
 from nfresnet.ws_conv import FAN_IN_NORMAL, Conv2D, WSConv2D
 
@@ -33,7 +34,7 @@ def resnet_stem(
   if stem == "imagenet_no_pool":
     return conv(channels, 7, stride=4, name="stem", **conv_kwargs)(x)
   x = conv(channels, 7, stride=2, name="stem", **conv_kwargs)(x)
-  return hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding="SAME")
+  return max_pool(x, window=3, stride=2, padding="SAME")
 
 
 def classifier_head(

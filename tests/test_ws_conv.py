@@ -77,3 +77,35 @@ def test_unit_variance_output_on_unit_gaussian_input():
   x = jax.random.normal(jax.random.key(5), (8, 16, 16, 64))
   _, out = _apply(lambda: nf.WSConv2D(64, 1), x)
   assert float(jnp.mean(jnp.var(out, axis=(0, 1, 2)))) == pytest.approx(1.0, rel=0.03)
+
+
+def textbook_standardize(kernel, gain, eps=nf.ws_conv.WS_EPSILON):
+  """Scaled WS written as in the paper (Section 4.2), differentiated by JAX."""
+  fan_in = np.prod(kernel.shape[:-1])
+  mean = jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
+  var = jnp.var(kernel, axis=(0, 1, 2), keepdims=True)
+  return (kernel - mean) * jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * gain
+
+
+@pytest.mark.parametrize(
+  ("shape", "constant_column"),
+  [((3, 3, 4, 8), False), ((1, 1, 16, 8), False), ((3, 3, 2, 8), True), ((5, 1, 3, 2), False)],
+)
+def test_gradients_equal_the_textbook_formula(shape, constant_column):
+  """The written-out gradient equals JAX's gradient of the formula, for kernel and gain;
+  a constant column (``N * var`` below ``eps``) gets the clamped branch's gradient."""
+  k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+  kernel = jax.random.normal(k1, shape)
+  if constant_column:
+    kernel = kernel.at[..., 0].set(0.5)
+  gain = 1.0 + 0.1 * jax.random.normal(k2, shape[-1:])
+  cotangent = jax.random.normal(k3, shape)
+
+  def pullback(fn):
+    out, vjp = jax.vjp(fn, kernel, gain)
+    return (out, *vjp(cotangent))
+
+  ours = pullback(nf.standardize_kernel)
+  theirs = pullback(textbook_standardize)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
