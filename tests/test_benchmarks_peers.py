@@ -3,7 +3,9 @@
 Nothing here needs torch: the worker is a fake script that speaks the protocol and logs when
 each of its steps ran, and our side is a fake step that logs the same way, so the order of
 the timed steps (ours, then timm's, round after round) is checked on one clock. The one test
-of the real worker needs the side environment and skips without it.
+of the real worker needs the side environment and skips without it. The cases are
+``benchmarks.peers_cases``, our side ``benchmarks.peers_ours``, the worker process and the side
+environment ``benchmarks.peers_env``; a patched name is patched in the module that looks it up.
 """
 
 import dataclasses
@@ -15,7 +17,7 @@ import time
 
 import pytest
 
-from benchmarks import peers
+from benchmarks import peers, peers_cases, peers_env, peers_ours
 from experiments import cli
 
 FAKE_WORKER = textwrap.dedent(
@@ -68,11 +70,11 @@ def fake(tmp_path, monkeypatch):
 
     return step, {"compile_s": 0.0, "params": 120}
 
-  monkeypatch.setattr(peers, "prepare_ours", prepare_ours)
-  monkeypatch.setattr(peers, "ensure_venv", lambda venv, create: None)
+  monkeypatch.setattr(peers_ours, "prepare_ours", prepare_ours)
+  monkeypatch.setattr(peers_env, "ensure_venv", lambda venv, create: None)
   monkeypatch.setattr(peers, "pin_threads", lambda threads: None)
   monkeypatch.setattr(
-    peers, "worker_command", lambda python, threads: [sys.executable, str(script), str(log)]
+    peers_env, "worker_command", lambda python, threads: [sys.executable, str(script), str(log)]
   )
   return {"script": script, "log": log, "out": tmp_path / "results"}
 
@@ -96,22 +98,24 @@ def check_one_error_line(err: str, expected: str) -> None:
 
 
 def test_case_names_shapes_and_batches():
-  names = [case.name for case in peers.CASES]
+  names = [case.name for case in peers_cases.CASES]
   assert len(names) == len(set(names)) == 16
-  shapes = {(c.name, c.resolution, c.batch_size, c.channels, c.num_classes) for c in peers.CASES}
+  shapes = {
+    (c.name, c.resolution, c.batch_size, c.channels, c.num_classes) for c in peers_cases.CASES
+  }
   assert ("nf50_224px_b16_train", 224, 16, 3, 1000) in shapes
   assert ("bn50_32px_b128_eval", 32, 128, 3, 1000) in shapes
   assert ("table1_nf26_train", 16, 128, 1, 10) in shapes
-  pairs = {(c.model, c.timm and c.timm["name"]) for c in peers.CASES if not c.study}
+  pairs = {(c.model, c.timm and c.timm["name"]) for c in peers_cases.CASES if not c.study}
   assert pairs == {("nf_resnet", "nf_resnet50"), ("resnet_v2", "resnet50")}
-  nf18 = [c for c in peers.CASES if c.name.startswith("table1_nf18")]
+  nf18 = [c for c in peers_cases.CASES if c.name.startswith("table1_nf18")]
   assert [c.timm for c in nf18] == [None, None] and "bottleneck blocks only" in nf18[0].no_timm
-  assert peers.select("table1_bn26_train")[0].timm_label().startswith("resnet26(channels=")
+  assert peers_cases.select("table1_bn26_train")[0].timm_label().startswith("resnet26(channels=")
 
 
 def test_table1_cases_are_the_study_config():
-  case = peers.select("table1_nf26_train")[0]
-  config = peers.study_config(case)
+  case = peers_cases.select("table1_nf26_train")[0]
+  config = peers_ours.study_config(case)
   assert config.model_name == "nf_resnet" and config.model.depth == 26
   assert (config.model.width, config.model.stem, config.data.image_size) == (0.25, "cifar", 16)
   assert config.train.batch_size == case.batch_size == 128
@@ -121,12 +125,12 @@ def test_table1_cases_are_the_study_config():
 
 
 def test_select_takes_comma_separated_substrings():
-  assert [c.name for c in peers.select("bn18_,nf50_224px_b16_e")] == [
+  assert [c.name for c in peers_cases.select("bn18_,nf50_224px_b16_e")] == [
     "nf50_224px_b16_eval",
     "table1_bn18_train",
     "table1_bn18_eval",
   ]
-  assert peers.select("nothing") == []
+  assert peers_cases.select("nothing") == []
 
 
 def test_list_prints_the_selected_cases(capsys):
@@ -157,7 +161,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("argv, expected", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_error_line_and_exit_2(argv, expected, tmp_path, monkeypatch, capsys):
-  monkeypatch.setattr(peers, "Worker", None)  # Nothing may start the worker.
+  monkeypatch.setattr(peers_env, "Worker", None)  # Nothing may start the worker.
   (tmp_path / "a_file").write_text("not a folder\n")
   before = snapshot(tmp_path)
   argv = [a.format(tmp=tmp_path) for a in argv]
@@ -201,8 +205,8 @@ def test_summary_line():
 
 
 def test_rounds_alternate_ours_then_timm(fake):
-  case = peers.select("table1_bn18_train")[0]
-  with peers.Worker(peers.worker_command(None, 1)) as worker:
+  case = peers_cases.select("table1_bn18_train")[0]
+  with peers_env.Worker(peers_env.worker_command(None, 1)) as worker:
     assert worker.hello["torch"] == "0.fake"
     result = peers.measure(case, worker, rounds=3, steps=2, warmup=1)
   assert logged_sides(fake["log"]) == ["ours", "ours", "timm", "timm"] * 3
@@ -213,12 +217,12 @@ def test_rounds_alternate_ours_then_timm(fake):
 
 def test_worker_errors_are_worker_errors(fake):
   log = str(fake["log"])
-  with peers.Worker([sys.executable, str(fake["script"]), log, "fails"]) as worker:
-    with pytest.raises(peers.WorkerError, match="RuntimeError: no such model"):
+  with peers_env.Worker([sys.executable, str(fake["script"]), log, "fails"]) as worker:
+    with pytest.raises(peers_env.WorkerError, match="RuntimeError: no such model"):
       worker.request("prepare", case="x", spec={})
     assert worker.request("release", case="x") == {"ok": True}
-  with pytest.raises(peers.WorkerError, match="exit 3.*cannot import timm"):
-    peers.Worker([sys.executable, str(fake["script"]), log, "dies"])
+  with pytest.raises(peers_env.WorkerError, match="exit 3.*cannot import timm"):
+    peers_env.Worker([sys.executable, str(fake["script"]), log, "dies"])
 
 
 # The results files.
@@ -271,31 +275,31 @@ def test_a_file_not_written_by_peers_needs_force(fake, capsys):
 
 
 def test_install_commands_use_the_cpu_index_and_setup_peers():
-  requirements = peers.peers_requirements()
+  requirements = peers_env.peers_requirements()
   assert any(r.startswith("torch") for r in requirements) and "timm>=1.0" in requirements
-  torch_step, rest = peers.install_commands(pathlib.Path("v"), requirements)
+  torch_step, rest = peers_env.install_commands(pathlib.Path("v"), requirements)
   assert torch_step[:5] == ["v/bin/python", "-m", "pip", "install", "--index-url"]
-  assert torch_step[5] == peers.CPU_INDEX and "torchvision" in torch_step
+  assert torch_step[5] == peers_env.CPU_INDEX and "torchvision" in torch_step
   assert not any(r.startswith("torch") for r in rest[4:]) and "timm>=1.0" in rest
 
 
 def test_worker_env_sets_threads_and_the_openmp_wait_policy(monkeypatch):
   monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-  env = peers.worker_env(3)
+  env = peers_env.worker_env(3)
   assert (env["OMP_NUM_THREADS"], env["OMP_WAIT_POLICY"]) == ("3", "PASSIVE")
-  assert env["PYTHONPATH"].split(":")[0] == str(peers.REPO)
-  assert peers.worker_env(1, "unset")["OMP_WAIT_POLICY"] == "ACTIVE"
+  assert env["PYTHONPATH"].split(":")[0] == str(peers_env.REPO)
+  assert peers_env.worker_env(1, "unset")["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 @pytest.mark.skipif(
-  not peers.venv_python(peers.DEFAULT_VENV).exists(),
-  reason=f"no side venv at {peers.DEFAULT_VENV} (torch and timm): python -m benchmarks.peers"
+  not peers_env.venv_python(peers_env.DEFAULT_VENV).exists(),
+  reason=f"no side venv at {peers_env.DEFAULT_VENV} (torch and timm): python -m benchmarks.peers"
   " creates it",
 )
 def test_real_worker_builds_the_study_shape():
-  case = dataclasses.replace(peers.select("table1_nf26_eval")[0], batch_size=2)
-  command = peers.worker_command(peers.venv_python(peers.DEFAULT_VENV), 1)
-  with peers.Worker(command, peers.worker_env(1)) as worker:
+  case = dataclasses.replace(peers_cases.select("table1_nf26_eval")[0], batch_size=2)
+  command = peers_env.worker_command(peers_env.venv_python(peers_env.DEFAULT_VENV), 1)
+  with peers_env.Worker(command, peers_env.worker_env(1)) as worker:
     params = worker.request("prepare", case=case.name, spec=case.timm_spec(), warmup=0)["params"]
     times = worker.request("time", case=case.name, steps=1)["step_times_s"]
   assert len(times) == 1 and times[0] > 0
