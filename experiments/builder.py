@@ -78,9 +78,9 @@ def used_device_count(config: ml_collections.ConfigDict, device_count: int) -> i
   """
   wanted = config.train.get("num_devices", 0)  # 0 also for configs older than the field.
   if wanted > device_count:
+    available = "the 1 device" if device_count == 1 else f"the {device_count} devices"
     raise ConfigError(
-      f"train.num_devices={wanted} is not allowed: at most the {device_count} devices "
-      "available (0: all of them)"
+      f"train.num_devices={wanted} is not allowed: at most {available} available (0: all of them)"
     )
   processes = jax.process_count()
   if wanted % processes:

@@ -25,7 +25,7 @@ def reference(x, window, stride, padding):
   return hk.max_pool(x, (1, window, window, 1), (1, stride, stride, 1), padding)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def value_and_grad(fn, window, stride, padding):
   """Jitted ``(sum(pool(x) * g), d/dx)`` for a pooling function."""
 

@@ -107,5 +107,5 @@ def test_gradients_equal_the_textbook_formula(shape, constant_column):
 
   ours = pullback(nf.standardize_kernel)
   theirs = pullback(textbook_standardize)
-  for a, b in zip(ours, theirs):
+  for a, b in zip(ours, theirs, strict=True):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
