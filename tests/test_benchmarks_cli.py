@@ -12,9 +12,11 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
-from benchmarks import interleaved, peak, report, suite, throughput, xla_flags
+from benchmarks import cpu_ops, interleaved, peak, report, suite, throughput, xla_flags
 from experiments import cli, multihost_check
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -34,6 +36,7 @@ def no_measuring(monkeypatch):
     (throughput, "measure"),
     (interleaved, "interleave"),
     (peak, "matmul_peak"),
+    (cpu_ops, "measure"),
     (suite, "measure_peak"),
     (suite, "run_case"),
     (xla_flags, "flag_accepted"),
@@ -85,6 +88,9 @@ BAD_INPUTS = [
   (peak, ["--size=0"], "argument --size: 0 is not a positive integer"),
   (peak, ["--dtype=int8"], "argument --dtype: invalid choice: 'int8'"),
   (peak, ["--repeats=-2"], "argument --repeats: -2 is not a positive integer"),
+  (cpu_ops, ["--only=nope"], "argument --only: 'nope': expected a comma-separated list of"),
+  (cpu_ops, ["--only=,"], "argument --only: ',': expected a comma-separated list of"),
+  (cpu_ops, ["--rounds=0"], "argument --rounds: 0 is not a positive integer"),
   (suite, ["--out_dir={tmp}/results", "--only=("], "argument --only: '(' is not a regular"),
   (suite, ["--out_dir={tmp}/results", "--only=nomatch"], "--only='nomatch' matches no case"),
   (
@@ -335,3 +341,22 @@ def test_committed_table_is_the_report_of_its_json():
 )
 def test_results_stem(only, stem):
   assert suite.results_stem("m", only) == stem
+
+
+def test_cpu_ops_forms_agree_on_every_case():
+  """Each timed pair computes the same values and gradients (what the ratios compare)."""
+  for case in cpu_ops.cases():
+    small = cpu_ops.OpCase(
+      case.kind, case.label, case.ours, case.textbook, tuple(shrink(s) for s in case.shapes)
+    )
+    args = cpu_ops.inputs(small)
+    n = len(small.shapes)
+    ours = cpu_ops.forward_and_gradient(small.ours, n)(*args)
+    textbook = cpu_ops.forward_and_gradient(small.textbook, n)(*args)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(textbook), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=case.label)
+
+
+def shrink(shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The case's shape cut to at most 8 per axis (the same kinds of operation, cheap)."""
+  return tuple(min(d, 8) for d in shape)
