@@ -42,6 +42,7 @@ def textbook_product(x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def textbook_standardize(kernel: jax.Array, gain: jax.Array) -> jax.Array:
+  """Scaled WS as written in the paper (Section 4.2), differentiated by JAX."""
   fan_in = np.prod(kernel.shape[:-1])
   mean = jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
   var = jnp.var(kernel, axis=(0, 1, 2), keepdims=True)

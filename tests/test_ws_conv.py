@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import nfresnet as nf
+from benchmarks import cpu_ops
 
 
 def _apply(module_fn, x, rng=0):
@@ -79,14 +80,6 @@ def test_unit_variance_output_on_unit_gaussian_input():
   assert float(jnp.mean(jnp.var(out, axis=(0, 1, 2)))) == pytest.approx(1.0, rel=0.03)
 
 
-def textbook_standardize(kernel, gain, eps=nf.ws_conv.WS_EPSILON):
-  """Scaled WS written as in the paper (Section 4.2), differentiated by JAX."""
-  fan_in = np.prod(kernel.shape[:-1])
-  mean = jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
-  var = jnp.var(kernel, axis=(0, 1, 2), keepdims=True)
-  return (kernel - mean) * jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * gain
-
-
 @pytest.mark.parametrize(
   ("shape", "constant_column"),
   [((3, 3, 4, 8), False), ((1, 1, 16, 8), False), ((3, 3, 2, 8), True), ((5, 1, 3, 2), False)],
@@ -106,6 +99,6 @@ def test_gradients_equal_the_textbook_formula(shape, constant_column):
     return (out, *vjp(cotangent))
 
   ours = pullback(nf.standardize_kernel)
-  theirs = pullback(textbook_standardize)
+  theirs = pullback(cpu_ops.textbook_standardize)
   for a, b in zip(ours, theirs, strict=True):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)

@@ -245,8 +245,10 @@ def entry_state(run_dir: pathlib.Path) -> str:
   to run it again.
   """
   status = read_status(run_dir).get("status")
-  if status in ("done", "diverged"):
-    return "finished" if status == "done" else "diverged"
+  if status == "done":
+    return "finished"
+  if status == "diverged":
+    return "diverged"
   checkpoints = run_dir / CHECKPOINT_DIR
   if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
     return "interrupted"
