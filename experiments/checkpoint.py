@@ -75,6 +75,25 @@ class CheckpointReadError(FileNotFoundError):
   """A workdir has checkpoints but none is readable (corrupt, truncated, unverifiable)."""
 
 
+class _Manager(ocp.CheckpointManager):
+  """Orbax's manager without its own polling of JAX's preemption sync point.
+
+  Orbax asks ``multihost_utils.reached_preemption_sync_point(step)`` when a save
+  starts and again when an asynchronous save is finalized, from its background
+  thread and with that save's step. JAX sets the sync point to one past the largest
+  step the processes last reported, each process reporting its latest call; a late
+  call with an older step moves a process's report back, the processes can agree on
+  a step one of them has already passed, and the run hangs in collectives the
+  others never enter. The trainer polls the sync point once per step
+  (``train.Trainer.poll_stop``) and saves with ``force=True``, so orbax's answer
+  is never needed.
+  """
+
+  def reached_preemption(self, step: int) -> bool:
+    del step
+    return False
+
+
 class Checkpointer:
   """Saves and restores TrainStates under ``workdir/checkpoints``.
 
@@ -94,9 +113,7 @@ class Checkpointer:
       cleanup_tmp_directories=True,  # Unfinished saves of a killed process.
     )
     with quiet_orbax():
-      self.manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "meta")
-      )
+      self.manager = _Manager(self.directory, options=options, item_names=("state", "meta"))
       # Orbax removes the leftovers in a background thread that its first save
       # waits for; wait now so that the folder is clean once this returns.
       wait_for_cleanup = getattr(self.manager, "_maybe_await_cleanup_tmp_directory", None)

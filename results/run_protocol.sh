@@ -18,27 +18,29 @@ case $study in
   regnet) rows=(--rows=model_name); CFG=experiments/configs/cifar10.py ;;
   *) echo "error: unknown study '$study'; allowed: table1, table2, meanshift, activation, large_batch, regnet" >&2; exit 2 ;;
 esac
-# A sweep exits 1 when an entry failed. In the large-batch study runs at the largest rates are
-# expected to diverge (recorded as failed, counted as unstable): only there does it go on.
+# A sweep exits 1 when an entry failed. A tuning grid's highest rate may diverge (recorded as
+# failed; `tune` ranks it last), and in the large-batch study runs at the largest rates are
+# expected to diverge (counted as unstable): there it goes on; a failed seed run stops here.
 sweep() {
-  local rc=0
+  local stage=$1 rc=0
+  shift
   $PY -m experiments.studies.sweep "$@" || rc=$?
-  if [ "$rc" -eq 1 ] && [ "$study" = large_batch ]; then
-    echo "$study: some entries failed (diverged runs are part of this study); going on"
+  if [ "$rc" -eq 1 ] && { [ "$stage" = tuning ] || [ "$study" = large_batch ]; }; then
+    echo "$study $stage: some entries failed (diverged rates are part of the grid); going on"
   elif [ "$rc" -ne 0 ]; then
     exit "$rc"
   fi
 }
 if [ "$study" != table2 ]; then
   for round in 1 2 3; do  # The grid, then at most two rates beyond an edge.
-    sweep --config="$CFG:${study}_tune" --workdir="results/$study/tuning"
+    sweep tuning --config="$CFG:${study}_tune" --workdir="results/$study/tuning"
     out=$($PY -m experiments.studies.tune "results/$study/tuning" --out="results/$study")
     echo "$out"
     grep -q "grid edge" <<<"$out" || break
     [ "$round" -lt 3 ] || { echo "error: $study: best rate still at a grid edge" >&2; exit 1; }
   done
 fi
-sweep --config="$CFG:$study" --workdir="results/$study/runs"
+sweep runs --config="$CFG:$study" --workdir="results/$study/runs"
 $PY -m experiments.studies.report --force "results/$study/runs" "${rows[@]}" --out="results/$study"
 $PY -m experiments.studies.report --check "results/$study"
 if [ "$study" = large_batch ]; then

@@ -13,12 +13,14 @@ import pathlib
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from jax.experimental import multihost_utils
 
 from experiments import checkpoint, checkpoint_manifest, cli, steps, telemetry
 from experiments.configs import quickstart
@@ -242,6 +244,25 @@ def test_background_save_is_finished_by_close(tmp_path):
   np.testing.assert_array_equal(
     restored.state["params"]["layer_0"]["w"], tiny_state(2).params["layer_0"]["w"]
   )
+
+
+def test_saves_leave_the_preemption_sync_point_to_the_trainer(tmp_path, monkeypatch):
+  """Orbax would poll it when a save starts and, in its finalize thread, with that save's
+  step: a late call with an older step moves JAX's shared sync point (two processes then
+  stop at different steps and hang). Only ``Trainer.poll_stop`` may call it."""
+  calls = []
+
+  def record(step):
+    calls.append((step, threading.current_thread().name))
+    return False
+
+  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", record)
+  ckpt = checkpoint.Checkpointer(tmp_path, IDENTITY)
+  ckpt.save(tiny_state(1), wait=False)
+  ckpt.save(tiny_state(2))
+  ckpt.close()
+  assert ckpt.steps() == [1, 2]
+  assert calls == []
 
 
 def test_failure_surfacing_at_wait_is_a_write_error(tmp_path, monkeypatch):
