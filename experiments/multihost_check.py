@@ -18,7 +18,10 @@ folder, as with one local disk per host (the run must refuse it).
 ``--sigterm_at_step=K`` makes this process send itself SIGTERM right after step
 K, as a preemption notice to one host does; the run stops at a step all
 processes agree on, saves it and exits with status 5 (``cli.INTERRUPTED``), and
-rerunning the same command resumes it. A stop and a ConfigError (such as a
+rerunning the same command resumes it. ``--no_preemption_service`` turns JAX's
+preemption service off (``jax_enable_preemption_service``), as on clusters without
+it: the trainer then catches SIGTERM itself and the processes agree on the stop
+every ``train.STOP_SYNC_EVERY`` steps. A stop and a ConfigError (such as a
 workdir the processes do not share) print the one ``error:`` line and exit
 status of ``python -m experiments.main`` (5 and 2). The result file
 holds the exit status, the step the run stopped at (None when it finished), the
@@ -80,6 +83,11 @@ def parse_args(argv: list[str] | None = None):
     type=cli.non_negative_int,
     default=0,
     help="send this process SIGTERM right after this step (0: never)",
+  )
+  parser.add_argument(
+    "--no_preemption_service",
+    action="store_true",
+    help="turn JAX's preemption service off (the trainer's own SIGTERM handling)",
   )
   args = parser.parse_args(argv)
   args.workdir = args.workdir.replace(PROCESS_ID, str(args.process_id))
@@ -168,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
 
   if args.num_processes > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if args.no_preemption_service:
+      jax.config.update("jax_enable_preemption_service", False)
     jax.distributed.initialize(
       coordinator_address=f"127.0.0.1:{args.port}",
       num_processes=args.num_processes,

@@ -2,9 +2,9 @@
 
 Uses ``experiments/multihost_check.py``; each process reads its own shard of the data.
 Three two-process training runs: uninterrupted; SIGTERM'd on process 1 only; the same
-workdir rerun to the end. A fourth launch gives each process its
-own workdir, which the run must refuse within seconds. The shared-storage check's other
-cases run in this process, with the collectives replaced.
+workdir rerun to the end. A fourth is SIGTERM'd with JAX's preemption service off. A
+fifth launch gives each process its own workdir, which the run must refuse within seconds.
+The shared-storage check's other cases run in this process, with the collectives replaced.
 """
 
 import json
@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from experiments import cli, shared_storage
+from experiments import cli, shared_storage, train
 from experiments.configs import ConfigError
 from experiments.logger import DONE_FILE
 
@@ -101,12 +101,13 @@ def finish(procs) -> list[dict]:
   return runs
 
 
-def two_processes(tmp: pathlib.Path, name: str, workdir=None, extra_1=()) -> list[dict]:
+def two_processes(tmp: pathlib.Path, name: str, workdir=None, extra_1=(), extra=()) -> list[dict]:
+  """Processes 0 and 1; ``extra`` flags go to both, ``extra_1`` to process 1 only."""
   port = free_port()
   return finish(
     [
-      launch(tmp, name, 2, 0, port, LOCAL_DEVICES, workdir),
-      launch(tmp, name, 2, 1, port, LOCAL_DEVICES, workdir, extra_1),
+      launch(tmp, name, 2, 0, port, LOCAL_DEVICES, workdir, extra),
+      launch(tmp, name, 2, 1, port, LOCAL_DEVICES, workdir, [*extra, *extra_1]),
     ]
   )
 
@@ -201,6 +202,23 @@ def test_rerun_after_the_stop_ends_like_the_uninterrupted_run(results, interrupt
   for run, full in zip(resumed, (multi0, multi1), strict=True):
     for key in ("train/loss", "eval/accuracy", "eval/loss", "eval/count"):
       np.testing.assert_allclose(run["result"][key], full[key], rtol=1e-6, err_msg=key)
+
+
+def test_without_the_preemption_service_the_processes_agree_every_sync_interval(tmp):
+  """The trainer's own SIGTERM handler on process 1; the stop is gathered at the next
+  multiple of ``STOP_SYNC_EVERY``, where every process saves and stops."""
+  assert SIGTERM_AT < train.STOP_SYNC_EVERY < NUM_STEPS
+  workdir = tmp / "no_service"
+  runs = two_processes(
+    tmp, "no_service", workdir, [f"--sigterm_at_step={SIGTERM_AT}"], ["--no_preemption_service"]
+  )
+  for run in runs:
+    assert run["status"] == cli.INTERRUPTED, run["stderr"][-3000:]
+    assert run["result"]["stopped_at"] == train.STOP_SYNC_EVERY
+    assert run["result"]["signal"] == "SIGTERM"
+    assert STOP_LINE.format("SIGTERM", train.STOP_SYNC_EVERY) in run["stderr"].splitlines()
+  assert checkpoint_steps(workdir)[-1] == train.STOP_SYNC_EVERY
+  assert not (workdir / DONE_FILE).exists()
 
 
 def test_one_disk_per_host_fails_at_once_with_one_line(tmp):
