@@ -1,4 +1,4 @@
-"""Writes the authors'-format fixture of ``tests/test_weights.py``: a small reference NFNet.
+"""Writes the authors'-format fixture of ``tests/test_weights_reference.py``: a tiny NFNet.
 
 Runs the authors' own NFNet (``nfnets/nfnet.py`` of a deepmind-research checkout,
 imported from ``--reference_dir``; nothing of it is copied here) as F0 at width 1/16

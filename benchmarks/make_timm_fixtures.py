@@ -1,4 +1,4 @@
-"""Writes the timm fixtures of ``tests/test_weights.py``: small random timm NF models, logits.
+"""Writes the timm fixtures of ``tests/test_weights_timm.py``: small random timm NF models.
 
 Each fixture ``tests/fixtures/timm/<name>.safetensors`` holds the state dict of a
 shrunken timm model with random weights (every parameter drawn, so no zero-initialised
@@ -16,7 +16,7 @@ numpy 2.4.6, Python 3.11, with these timm models (``timm.create_model`` override
   avg_down=True)``; 34 px inputs. ``same_padding=True`` gives timm's convs our
   "SAME" padding, and at 34 px the stem max pool's symmetric padding coincides
   with "SAME" (its 17 px input is odd), so the logits can match exactly; timm's
-  real ``nf_resnet50`` pads symmetrically (see ``nfresnet.weights``).
+  real ``nf_resnet50`` pads symmetrically (see ``nfresnet.weights_timm``).
 - ``dm_nfnet_f0`` with ``channels=(16, 32, 96, 96), group_size=8,
   num_features=192, num_classes=10`` -> ``NFNet(10, "F0", width=0.0625,
   group_width=8)``; 48 px inputs (stage sizes 12, 6, 3, 2: the odd 3 exercises the

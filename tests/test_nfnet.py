@@ -3,7 +3,7 @@
 Counts and shapes are abstract (``jax.eval_shape``, nothing computed). The forward
 test runs F0 at width 1/16 on 32 px inputs; the smoke test trains the config's smoke
 form for two steps. That the layer list computes what the authors' NFNet computes is
-tested in tests/test_weights.py (their own model's logits, reproduced).
+tested in tests/test_weights_reference.py (their own model's logits, reproduced).
 """
 
 import math
