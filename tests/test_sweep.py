@@ -175,6 +175,10 @@ def test_entry_state(tmp_path):
   assert sweep.entry_state(tmp_path / "run") == "interrupted"
   (tmp_path / "run" / "sweep_status.json").write_text('{"status": "diverged"}')
   assert sweep.entry_state(tmp_path / "run") == "diverged"
+  (tmp_path / "run" / "sweep_status.json").write_text('{"status": "failed", "returncode": 3}')
+  assert sweep.entry_state(tmp_path / "run") == "diverged"  # As older sweeps recorded it.
+  (tmp_path / "run" / "sweep_status.json").write_text('{"status": "failed", "returncode": 1}')
+  assert sweep.entry_state(tmp_path / "run") == "interrupted"  # A crash resumes.
   (tmp_path / "run" / "sweep_status.json").write_text('{"status": "done"}')
   assert sweep.entry_state(tmp_path / "run") == "finished"
 

@@ -242,12 +242,13 @@ def entry_state(run_dir: pathlib.Path) -> str:
   A diverged entry (exit status ``cli.DIVERGED``: a non-finite loss, gradient or parameter
   norm) is not rerun: resuming it from its last checkpoint would diverge again at the same
   step, since the data and the updates are a function of (seed, step). Delete its folder
-  to run it again.
+  to run it again. Older sweeps recorded a divergence as ``failed`` with that exit status.
   """
-  status = read_status(run_dir).get("status")
+  recorded = read_status(run_dir)
+  status = recorded.get("status")
   if status == "done":
     return "finished"
-  if status == "diverged":
+  if status == "diverged" or (status == "failed" and recorded.get("returncode") == cli.DIVERGED):
     return "diverged"
   checkpoints = run_dir / CHECKPOINT_DIR
   if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
