@@ -5,6 +5,9 @@
 # Usage (from the repository root): NFRESNET_DATA_DIR=../shared/data bash results/run_protocol.sh STUDY
 # STUDY: table1, table2 (after table1), meanshift, activation, large_batch (Fashion-MNIST) or
 # regnet (CIFAR-10); large_batch ends with its analysis (experiments.studies.large_batch).
+# SWEEP_SHARDS=N runs N sweeps side by side (--shard=K/N), each pinned to core K when there are
+# that many cores and `taskset` exists: on 2 cores two pinned single-core runs train 1.28x the
+# images per second of one run on both (results/README.md, "Compute plan").
 set -euo pipefail
 study=${1:?usage: bash results/run_protocol.sh table1|table2|meanshift|activation|large_batch|regnet}
 PY=${PYTHON:-python}
@@ -21,10 +24,26 @@ esac
 # A sweep exits 1 when an entry failed. A tuning grid's highest rate may diverge (recorded as
 # failed; `tune` ranks it last), and in the large-batch study runs at the largest rates are
 # expected to diverge (counted as unstable): there it goes on; a failed seed run stops here.
+shards=${SWEEP_SHARDS:-1}
+pids=()
+trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait' TERM INT  # Each sweep stops its run cleanly.
 sweep() {
-  local stage=$1 rc=0
+  local stage=$1 rc=0 k code pin
   shift
-  $PY -m experiments.studies.sweep "$@" || rc=$?
+  pids=()
+  for ((k = 0; k < shards; k++)); do
+    pin=""
+    if [ "$shards" -gt 1 ] && [ "$shards" -le "$(nproc)" ] && command -v taskset > /dev/null; then
+      pin="taskset -c $k"
+    fi
+    $pin $PY -m experiments.studies.sweep "$@" --shard="$k/$shards" &
+    pids+=("$!")
+  done
+  for k in "${!pids[@]}"; do
+    code=0
+    wait "${pids[$k]}" || code=$?
+    [ "$code" -le "$rc" ] || rc=$code
+  done
   if [ "$rc" -eq 1 ] && { [ "$stage" = tuning ] || [ "$study" = large_batch ]; }; then
     echo "$study $stage: some entries failed (diverged rates are part of the grid); going on"
   elif [ "$rc" -ne 0 ]; then

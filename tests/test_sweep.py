@@ -149,6 +149,29 @@ def test_dry_run_prints_one_command_per_entry(sweep_root):
   ]
 
 
+def test_shards_split_the_entries_between_sweeps(sweep_root):
+  config, _, _ = sweep_root
+  whole = sweep.load_sweep(f"{config}:broken")
+  names = [[e.name for e in sweep.shard_of(whole, f"{k}/3").entries] for k in range(3)]
+  assert names == [["missing_data", "fresh_c"], ["bad_override"], ["pair_a"]]
+  assert sweep.shard_of(whole, None) is whole
+  for bad in ("2/2", "1", "a/2", "-1/2", "0/0"):
+    with pytest.raises(ConfigError, match=rf"--shard='{bad}' must be K/N with 0 <= K < N"):
+      sweep.shard_of(whole, bad)
+  done = run_cli(
+    "experiments.studies.sweep",
+    f"--config={config}:broken",
+    "--workdir=/cluster",
+    "--dry_run",
+    "--shard=1/2",
+  )
+  assert done.returncode == 0, done.stderr
+  assert [shlex.split(line)[4] for line in done.stdout.splitlines()] == [
+    "--workdir=/cluster/bad_override",
+    "--workdir=/cluster/fresh_c",
+  ]
+
+
 def test_unknown_sweep_name_is_a_one_line_usage_error(sweep_root):
   config, root, _ = sweep_root
   done = run_cli("experiments.studies.sweep", f"--config={config}:nope", f"--workdir={root}")

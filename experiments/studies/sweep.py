@@ -3,7 +3,8 @@ r"""Runs every entry of a sweep, one after another: ``ROOT/<entry-name>`` per ru
 Usage::
 
   python -m experiments.studies.sweep --config=experiments/configs/fashion_mnist.py:table1 \
-    --workdir=results/table1/runs [--dry_run] [--only=nf18_*,bn18_*] [--set=train.num_epochs=1]
+    --workdir=results/table1/runs [--dry_run] [--only=nf18_*,bn18_*] [--set=train.num_epochs=1] \
+    [--shard=0/2]
 
 Each entry runs as its own ``python -m experiments.main`` process: a crash, an
 out-of-memory kill or a diverged run ends only that entry, every run starts
@@ -16,7 +17,10 @@ checkpoints but no ``done`` status was interrupted, and rerunning it resumes
 from its latest checkpoint (``experiments.train`` does that by itself). A
 failing entry is recorded as ``failed`` with its error line, the remaining
 entries still run, the summary lists the failures and the exit status is 1.
-Usage errors (unknown sweep, bad --only pattern, a bad ``--set`` for any entry) exit
+``--shard=K/N`` keeps every N-th entry from position K: N sweeps with the same flags and
+shards 0/N .. N-1/N (``results/run_protocol.sh`` with ``SWEEP_SHARDS=N``, one per core)
+share a study without running one entry twice.
+Usage errors (unknown sweep, bad --only pattern or --shard, a bad ``--set`` for any entry) exit
 with status 2 before anything runs. SIGTERM and SIGINT are forwarded to the running
 entry, which is waited for; the sweep then exits with status 5 and a rerun resumes.
 
@@ -68,6 +72,12 @@ WORKDIR = flags.DEFINE_string("workdir", None, "Sweep root; entry NAME runs in R
 DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print one launch command per entry, run nothing.")
 ONLY = flags.DEFINE_list("only", [], "Entry names or shell patterns to run (default: all).")
 SET = flags.DEFINE_multi_string("set", [], "KEY=VALUE config override applied to every entry.")
+SHARD = flags.DEFINE_string(
+  "shard",
+  None,
+  "K/N: only the entries at positions K, K+N, K+2N, ... (0-based, after --only), so that N "
+  "sweeps (one per core) share a study and never run one entry twice.",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +122,23 @@ def load_sweep(config: str, only: Sequence[str] = ()) -> Sweep:
     if not entries:
       raise ConfigError(f"--only={','.join(only)} matches no entry of sweep {name!r}")
   return Sweep(config_file, module, name, entries)
+
+
+def shard_of(sweep: Sweep, shard: str | None) -> Sweep:
+  """The entries of shard ``"K/N"`` (positions K, K+N, ...); every entry for None.
+
+  Raises:
+    ConfigError: not two integers K/N with 0 <= K < N.
+  """
+  if shard is None:
+    return sweep
+  index, _, count = shard.partition("/")
+  if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+    raise ConfigError(
+      f"--shard={shard!r} must be K/N with 0 <= K < N, e.g. --shard=0/2 and --shard=1/2 for "
+      "two sweeps sharing one study"
+    )
+  return dataclasses.replace(sweep, entries=sweep.entries[int(index) :: int(count)])
 
 
 def set_dotted(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
@@ -463,7 +490,7 @@ def main(argv: list[str]) -> int:
   if bad:
     return fail(f"--set={bad[0]!r} must be KEY=VALUE, e.g. train.num_epochs=1")
   try:
-    sweep = load_sweep(CONFIG.value, ONLY.value)
+    sweep = shard_of(load_sweep(CONFIG.value, ONLY.value), SHARD.value)
     check_overrides(sweep, SET.value)
     root = paths.as_path(WORKDIR.value, "--workdir")
   except ConfigError as error:
