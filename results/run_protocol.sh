@@ -21,10 +21,14 @@ case $study in
   regnet) rows=(--rows=model_name); CFG=experiments/configs/cifar10.py ;;
   *) echo "error: unknown study '$study'; allowed: table1, table2, meanshift, activation, large_batch, regnet" >&2; exit 2 ;;
 esac
-# A sweep exits 1 when an entry failed. A tuning grid's highest rate may diverge (recorded as
-# failed; `tune` ranks it last), and in the large-batch study runs at the largest rates are
-# expected to diverge (counted as unstable): there it goes on; a failed seed run stops here.
+# A sweep exits 1 when an entry did not finish. A tuning grid's highest rate may diverge
+# (recorded as diverged; `tune` ranks it last), and in the large-batch study runs at the largest
+# rates are expected to diverge (counted as unstable): there it goes on; else it stops here.
 shards=${SWEEP_SHARDS:-1}
+if ! [[ "$shards" =~ ^[1-9][0-9]*$ ]]; then
+  echo "error: SWEEP_SHARDS=$shards is not allowed: a positive integer (1: one sweep)" >&2
+  exit 2
+fi
 pids=()
 trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait' TERM INT  # Each sweep stops its run cleanly.
 sweep() {
